@@ -1,0 +1,43 @@
+"""Registry adapters, looked up by Harbor's registry type strings.
+
+``ADAPTERS`` is written out by hand: importing this package registers nothing behind your back.
+Plugins add their own type with ``register_adapter``.
+"""
+
+from __future__ import annotations
+
+from adapters.base import Adapter, AdapterFactory, AdapterInfo, Health
+from adapters.endpoint import Endpoint
+from adapters.errors import ConfigError
+from adapters.native import NativeAdapter
+
+ADAPTERS: dict[str, AdapterFactory] = {
+    "docker-registry": NativeAdapter,
+}
+
+
+def register_adapter(type_: str, factory: AdapterFactory) -> None:
+    if type_ in ADAPTERS:
+        raise ConfigError(f"adapter type {type_!r} is already registered")
+    ADAPTERS[type_] = factory
+
+
+def adapter_info(type_: str) -> AdapterInfo:
+    return _factory(type_).info
+
+
+def create_adapter(type_: str, endpoint: Endpoint) -> Adapter:
+    return _factory(type_)(endpoint)
+
+
+def _factory(type_: str) -> AdapterFactory:
+    try:
+        return ADAPTERS[type_]
+    except KeyError:
+        known = ", ".join(sorted(ADAPTERS))
+        raise ConfigError(f"registry type {type_!r} is not supported (supported: {known})",
+                          field="type") from None
+
+
+__all__ = ["ADAPTERS", "Adapter", "AdapterInfo", "Endpoint", "Health", "adapter_info",
+           "create_adapter", "register_adapter"]

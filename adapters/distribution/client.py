@@ -1,0 +1,486 @@
+"""The OCI distribution-spec client: one ``httpx.AsyncClient`` per registry, verbs named after
+the spec. It knows requests, answers and errors; it does not know policies or transfers.
+
+Every method makes exactly the requests its name says (plus a token fetch the first time a
+scope is used), so callers can count and minimise them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import ssl
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
+from adapters.endpoint import Endpoint
+from adapters.errors import (
+    AuthenticationError,
+    ContentError,
+    DigestMismatchError,
+    ManifestTooLargeError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    RegistryError,
+    ServerError,
+    TransportError,
+)
+from adapters.oci import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Digest, Manifest, parse_manifest
+
+# Connections kept open to one registry. Registries on small machines are CPU-bound well
+# before this; the transfer's own semaphores decide how many requests are in flight.
+MAX_CONNECTIONS_PER_HOST = 16
+# Per-read, not whole-request, timeouts: a 30 GB blob may take hours but must never stall.
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 60.0
+# distribution rejects n > 1000; 100 is its own default page.
+CATALOG_PAGE_SIZE = 100
+MAX_PAGES = 100_000  # a Link loop on a broken registry must end
+# Error bodies are read up to this size and shown up to ERROR_DETAIL_CHARS: enough for
+# distribution's JSON errors, never a whole HTML page or a blob.
+MAX_ERROR_BODY_BYTES = 16 * 1024
+ERROR_DETAIL_CHARS = 300
+# Blob bytes are moved in pieces of this size: memory per stream stays flat.
+STREAM_CHUNK_BYTES = 1024 * 1024
+
+USER_AGENT = "regflow/0.1"
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: Digest
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    location: str
+    offset: int  # bytes the registry holds; the next byte to send
+
+
+class BlobStream:
+    """An open blob GET; iterate it once. ``size`` is the total blob size when known."""
+
+    def __init__(self, response: httpx.Response, size: int | None, skip: int) -> None:
+        self._response = response
+        self.size = size
+        self._skip = skip  # bytes to drop when the server ignored our Range
+
+    async def chunks(self, chunk_size: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        with _transport_errors("GET", str(self._response.url)):
+            async for chunk in self._response.aiter_raw(chunk_size):
+                if self._skip:
+                    dropped = min(self._skip, len(chunk))
+                    chunk = chunk[dropped:]
+                    self._skip -= dropped
+                if chunk:
+                    yield chunk
+
+
+def repo_scope(repository: str, actions: str) -> str:
+    return f"repository:{repository}:{actions}"
+
+
+CATALOG_SCOPE = "registry:catalog:*"
+
+
+class DistributionClient:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        max_connections: int = MAX_CONNECTIONS_PER_HOST,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        verify = _tls_verify(endpoint)
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS,
+                                write=READ_TIMEOUT_SECONDS, pool=None)
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        self._token_http = httpx.AsyncClient(verify=verify, timeout=timeout, transport=transport,
+                                             headers={"User-Agent": USER_AGENT})
+        self.auth = RegistryAuth(endpoint.host, endpoint.username, endpoint.password,
+                                 token_client=self._token_http)
+        self._http = httpx.AsyncClient(
+            base_url=f"{urlsplit(endpoint.url).scheme}://{endpoint.host}",
+            verify=verify, timeout=timeout, limits=limits, transport=transport,
+            http2=transport is None, follow_redirects=True, auth=self.auth,
+            headers={"User-Agent": USER_AGENT},
+        )
+        self.requests_made = 0
+
+    def __repr__(self) -> str:
+        return f"DistributionClient({self.endpoint.url!r})"
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.host
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._token_http.aclose()
+
+    async def __aenter__(self) -> DistributionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _path(self, repository: str, kind: str, ref: str = "") -> str:
+        tail = f"/{quote(ref, safe=':@')}" if ref else "/"
+        return f"{self.endpoint.prefix}/v2/{repository}/{kind}{tail}"
+
+    def _absolute(self, location: str) -> str:
+        # Upload locations may be relative; resolve against the registry, not the last request.
+        return urljoin(f"{urlsplit(self.endpoint.url).scheme}://{self.endpoint.host}/", location)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: tuple[str, ...],
+        ok: tuple[int, ...],
+        stream: bool = False,
+        **kw: Any,
+    ) -> httpx.Response:
+        request = self._http.build_request(method, url, extensions={SCOPES_EXTENSION: scopes}, **kw)
+        self.requests_made += 1
+        with _transport_errors(method, url):
+            # Always streamed, so that an error body is read only up to its cap.
+            response = await self._http.send(request, stream=True)
+            if response.status_code not in ok:
+                try:
+                    raise await _error_from(response)
+                finally:
+                    await response.aclose()
+            if not stream:
+                await response.aread()
+        return response
+
+    # -- base ------------------------------------------------------------------------------
+
+    async def ping(self) -> int:
+        """GET /v2/ without credentials. 200, 401 and 403 all mean a registry is there."""
+        url = f"{self.endpoint.prefix}/v2/"
+        self.requests_made += 1
+        with _transport_errors("GET", url):
+            response = await self._token_http.get(self._absolute(url))
+        if response.status_code not in (200, 401, 403):
+            raise await _error_from(response)
+        return response.status_code
+
+    async def check_credentials(self) -> None:
+        """GET /v2/ through the auth flow: raises AuthenticationError when refused."""
+        await self._send("GET", f"{self.endpoint.prefix}/v2/", scopes=(), ok=(200,))
+
+    async def catalog(self, page_size: int = CATALOG_PAGE_SIZE) -> AsyncIterator[str]:
+        url: str | None = f"{self.endpoint.prefix}/v2/_catalog?n={page_size}"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return
+            response = await self._send("GET", url, scopes=(CATALOG_SCOPE,), ok=(200,))
+            for name in _json_list(response, "repositories"):
+                yield name
+            url = _next_link(response)
+        raise ContentError(f"catalog of {self.host} did not end after {MAX_PAGES} pages")
+
+    async def list_tags(self, repository: str) -> list[str]:
+        tags: list[str] = []
+        url: str | None = self._path(repository, "tags", "list")
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return tags
+            response = await self._send("GET", url, scopes=(repo_scope(repository, "pull"),), ok=(200,))
+            tags.extend(_json_list(response, "tags"))
+            url = _next_link(response)
+        raise ContentError(f"tag list of {repository} did not end after {MAX_PAGES} pages")
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def head_manifest(self, repository: str, ref: str) -> ManifestHead | None:
+        """The digest a tag points at, or None when the registry has no such manifest."""
+        try:
+            response = await self._send(
+                "HEAD", self._path(repository, "manifests", ref),
+                scopes=(repo_scope(repository, "pull"),), ok=(200,),
+                headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
+            )
+        except NotFoundError:
+            return None
+        raw_digest = response.headers.get("Docker-Content-Digest")
+        if not raw_digest:
+            # Without the header a HEAD tells us nothing; the caller falls back to GET.
+            manifest = await self.get_manifest(repository, ref)
+            return ManifestHead(manifest.digest, manifest.media_type, manifest.size)
+        return ManifestHead(
+            Digest(raw_digest),
+            response.headers.get("Content-Type", "").split(";")[0].strip(),
+            int(response.headers.get("Content-Length", "0")),
+        )
+
+    async def get_manifest(self, repository: str, ref: str) -> Manifest:
+        response = await self._send(
+            "GET", self._path(repository, "manifests", ref),
+            scopes=(repo_scope(repository, "pull"),), ok=(200,), stream=True,
+            headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
+        )
+        async with _closing(response):
+            declared = int(response.headers.get("Content-Length", "0") or 0)
+            if declared > MAX_MANIFEST_BYTES:
+                raise ManifestTooLargeError(
+                    f"manifest {repository}@{ref} is {declared} bytes, over {MAX_MANIFEST_BYTES}")
+            raw = await _read_at_most(response, MAX_MANIFEST_BYTES + 1)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise ManifestTooLargeError(
+                    f"manifest {repository}@{ref} is over {MAX_MANIFEST_BYTES} bytes")
+        manifest = parse_manifest(raw, response.headers.get("Content-Type"))
+        if ref.startswith(("sha256:", "sha512:")) and manifest.digest != ref:
+            raise DigestMismatchError(ref, manifest.digest, what=f"manifest {repository}")
+        served = response.headers.get("Docker-Content-Digest")
+        if served and served.startswith("sha256:") and served != manifest.digest:
+            raise DigestMismatchError(served, manifest.digest, what=f"manifest {repository}:{ref}")
+        return manifest
+
+    async def put_manifest(self, repository: str, ref: str, manifest: Manifest) -> Digest:
+        """Push the manifest's exact bytes under a tag or its own digest."""
+        await self._send(
+            "PUT", self._path(repository, "manifests", ref),
+            scopes=(repo_scope(repository, "pull,push"),), ok=(200, 201, 202),
+            content=manifest.raw, headers={"Content-Type": manifest.media_type},
+        )
+        return manifest.digest
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        """Delete by digest (distribution refuses deletion by tag). False when already gone."""
+        try:
+            await self._send("DELETE", self._path(repository, "manifests", digest),
+                             scopes=(repo_scope(repository, "delete"),), ok=(200, 202))
+        except NotFoundError:
+            return False
+        return True
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_exists(self, repository: str, digest: Digest) -> int | None:
+        """The blob's size when the repository has it, else None."""
+        try:
+            response = await self._send("HEAD", self._path(repository, "blobs", digest),
+                                        scopes=(repo_scope(repository, "pull"),), ok=(200,))
+        except NotFoundError:
+            return None
+        return int(response.headers.get("Content-Length", "0") or 0)
+
+    @asynccontextmanager
+    async def open_blob(self, repository: str, digest: Digest, offset: int = 0) -> AsyncIterator[BlobStream]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = await self._send("GET", self._path(repository, "blobs", digest),
+                                    scopes=(repo_scope(repository, "pull"),), ok=(200, 206),
+                                    stream=True, headers=headers)
+        async with _closing(response):
+            length = response.headers.get("Content-Length")
+            if response.status_code == 206:
+                total = _content_range_total(response.headers.get("Content-Range", ""))
+                yield BlobStream(response, total, 0)
+            else:
+                yield BlobStream(response, int(length) if length else None, offset)
+
+    async def start_upload(self, repository: str, *, mount: Digest | None = None,
+                           mount_from: str | None = None) -> str | None:
+        """POST an upload. With ``mount``: None when the registry mounted the blob (201),
+        else the upload location to use instead (202)."""
+        scopes: tuple[str, ...] = (repo_scope(repository, "pull,push"),)
+        params: dict[str, str] = {}
+        if mount is not None and mount_from is not None:
+            scopes = (*scopes, repo_scope(mount_from, "pull"))
+            params = {"mount": str(mount), "from": mount_from}
+        response = await self._send("POST", self._path(repository, "blobs", "uploads") + "/",
+                                    scopes=scopes, ok=(201, 202), params=params)
+        if response.status_code == 201 and mount is not None:
+            return None
+        location = response.headers.get("Location")
+        if not location:
+            raise ContentError(f"{self.host} started an upload without a Location")
+        return self._absolute(location)
+
+    async def put_blob(self, repository: str, location: str, digest: Digest, size: int,
+                       body: AsyncIterable[bytes] | bytes) -> None:
+        """Monolithic upload: the whole blob in the closing PUT of an upload session."""
+        await self._send("PUT", _with_digest(location, digest),
+                         scopes=(repo_scope(repository, "pull,push"),), ok=(201, 204),
+                         content=body, headers={"Content-Type": "application/octet-stream",
+                                                "Content-Length": str(size)})
+
+    async def patch_chunk(self, repository: str, location: str, offset: int, data: bytes) -> str:
+        """Append one chunk at ``offset``; returns the next upload location."""
+        response = await self._send(
+            "PATCH", location, scopes=(repo_scope(repository, "pull,push"),), ok=(202,),
+            content=data, headers={"Content-Type": "application/octet-stream",
+                                   "Content-Range": f"{offset}-{offset + len(data) - 1}",
+                                   "Content-Length": str(len(data))},
+        )
+        return self._absolute(response.headers.get("Location", location))
+
+    async def upload_status(self, repository: str, location: str) -> UploadStatus:
+        """Where an interrupted upload stands (the registry's ``Range: 0-N``)."""
+        response = await self._send("GET", location, scopes=(repo_scope(repository, "pull,push"),),
+                                    ok=(204,))
+        last = response.headers.get("Range", "").rpartition("-")[2]
+        # distribution answers "0-0" for an empty upload too; reading it as empty costs at most
+        # one byte resent, reading it as one byte would corrupt the blob.
+        offset = int(last) + 1 if last.isdigit() and int(last) > 0 else 0
+        return UploadStatus(self._absolute(response.headers.get("Location", location)), offset)
+
+    async def complete_upload(self, repository: str, location: str, digest: Digest) -> None:
+        await self._send("PUT", _with_digest(location, digest),
+                         scopes=(repo_scope(repository, "pull,push"),), ok=(201, 204),
+                         headers={"Content-Length": "0"})
+
+    async def cancel_upload(self, repository: str, location: str) -> None:
+        try:
+            await self._send("DELETE", location, scopes=(repo_scope(repository, "pull,push"),),
+                             ok=(200, 202, 204))
+        except RegistryError:
+            pass  # best effort: the registry purges abandoned uploads itself
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
+    if endpoint.ca_certificate:
+        return ssl.create_default_context(cadata=endpoint.ca_certificate)
+    return not endpoint.insecure
+
+
+def _with_digest(location: str, digest: Digest) -> str:
+    # httpx's params= would replace the location's own query (distribution's upload state).
+    return f"{location}{'&' if '?' in location else '?'}digest={quote(str(digest), safe='')}"
+
+
+def _redact(url: str) -> str:
+    # Upload locations carry opaque state in their query; it is noise in a message.
+    parts = urlsplit(url)
+    return f"{parts.netloc}{parts.path}" if parts.netloc else parts.path
+
+
+@contextmanager
+def _transport_errors(method: str, url: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise TransportError(f"{method} {_redact(url)}: {type(exc).__name__}: {exc}"[:400]) from None
+
+
+@asynccontextmanager
+async def _closing(response: httpx.Response) -> AsyncIterator[httpx.Response]:
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """Read a streamed body, stopping once ``limit`` bytes are in hand."""
+    buf = bytearray()
+    async for chunk in response.aiter_raw():
+        buf += chunk
+        if len(buf) >= limit:
+            break
+    return bytes(buf[:limit])
+
+
+def _json_list(response: httpx.Response, key: str) -> list[str]:
+    try:
+        value = response.json().get(key) or []
+    except (ValueError, AttributeError):
+        raise ContentError(f"{_redact(str(response.url))}: expected JSON with {key!r}") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ContentError(f"{_redact(str(response.url))}: {key!r} is not a list of names")
+    return value
+
+
+def _next_link(response: httpx.Response) -> str | None:
+    nxt = response.links.get("next")
+    if not nxt or not nxt.get("url"):
+        return None
+    target = urlsplit(nxt["url"])
+    # Only ever follow pages on the same registry: a Link to elsewhere is ignored.
+    if target.netloc and target.netloc != response.url.netloc.decode():
+        return None
+    return f"{target.path}?{target.query}" if target.query else target.path
+
+
+def _content_range_total(value: str) -> int | None:
+    total = value.rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def _error_from(response: httpx.Response) -> RegistryError:
+    method = response.request.method
+    url = _redact(str(response.request.url))
+    body = b""
+    if method != "HEAD":
+        try:
+            body = await _read_at_most(response, MAX_ERROR_BODY_BYTES)
+        except httpx.HTTPError:
+            body = b""
+    codes, detail = _diagnostics(body)
+    status = response.status_code
+    message = f"{method} {url}: {status}" + (f" {', '.join(codes)}" if codes else "") + (
+        f": {detail}" if detail else "")
+    kw: dict[str, Any] = {"status": status, "method": method, "url": url, "codes": codes,
+                          "detail": detail}
+    if status == 401:
+        return AuthenticationError(message, **kw)
+    if status == 403:
+        return PermissionDeniedError(message, **kw)
+    if status == 404:
+        return NotFoundError(message, **kw)
+    if status == 429:
+        return RateLimitedError(message, retry_after=_retry_after(response.headers.get("Retry-After")), **kw)
+    if status >= 500:
+        return ServerError(message, **kw)
+    # 408 and distribution's BLOB_UPLOAD_UNKNOWN after a restart can succeed on a new attempt.
+    return RegistryError(message, transient=status == 408 or "BLOB_UPLOAD_UNKNOWN" in codes, **kw)
+
+
+def _diagnostics(body: bytes) -> tuple[tuple[str, ...], str]:
+    """distribution's ``{"errors": [{"code", "message"}]}``, or a short printable excerpt."""
+    if not body:
+        return (), ""
+    try:
+        errors = json.loads(body).get("errors")
+        if isinstance(errors, list):
+            codes = tuple(str(e.get("code", ""))[:64] for e in errors if isinstance(e, dict))
+            messages = "; ".join(str(e.get("message", ""))[:120] for e in errors if isinstance(e, dict))
+            return codes, messages[:ERROR_DETAIL_CHARS]
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode("utf-8", "replace")
+    printable = "".join(c if c.isprintable() else " " for c in text).strip()
+    return (), printable[:ERROR_DETAIL_CHARS]
