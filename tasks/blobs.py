@@ -8,7 +8,7 @@
 
 One ``BlobCopier`` serves a whole run: each digest is uploaded once however many repositories
 and tags share it, and a failed upload is forgotten so a later attempt can try again.
-Memory stays flat: a monolithic upload holds one read chunk, a chunked one one upload chunk.
+Memory stays flat: either kind of upload holds one read chunk (STREAM_CHUNK_BYTES) at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import random
 from collections.abc import AsyncIterator
 
 from adapters.distribution.client import DistributionClient
-from adapters.errors import DigestMismatchError, RateLimitedError, ReplicationError
+from adapters.errors import ContentError, DigestMismatchError, RateLimitedError, ReplicationError
 from adapters.oci import Descriptor, Digest, DigestVerifier
 from tasks.stop import StopSignal
 
@@ -29,8 +29,9 @@ BLOB_CONCURRENCY = 4
 # Blobs above this go up in chunks, so a dropped connection resumes from the registry's offset
 # instead of restarting a multi-GB stream.
 CHUNKED_UPLOAD_THRESHOLD_BYTES = 128 * 1024 * 1024
-# One PATCH carries this much, buffered so that a partly received chunk can be resumed exactly.
-UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
+# One PATCH carries this much (streamed, never buffered): a broken PATCH costs at most this
+# much re-reading from the source.
+UPLOAD_CHUNK_BYTES = 64 * 1024 * 1024
 # Attempts per blob inside one task attempt, for transient failures (resets, 5xx, 429).
 BLOB_ATTEMPTS = 3
 BACKOFF_BASE_SECONDS = 0.5
@@ -157,67 +158,77 @@ class BlobCopier:
 
     async def _upload_chunked(self, source_repo: str, target_repo: str, blob: Descriptor,
                               location: str, *, resume: bool) -> int:
-        """PATCH chunk by chunk. On a broken connection the registry's Range says where to go on;
-        the hash always covers exactly the bytes the registry holds."""
+        """PATCH by PATCH, each body streamed from the source. When a PATCH breaks, the
+        registry's Range says how much it kept; the hash is rewound to the checkpoint taken at
+        that PATCH's start and brought forward over exactly the kept bytes."""
         hasher = hashlib.new(blob.digest.algorithm)
         offset = 0
         if resume:
-            # A session left over from an earlier attempt: its bytes must be hashed too.
             status = await self.target.upload_status(target_repo, location)
-            offset, location = status.offset, status.location
-            if offset:
-                await self._hash_prefix(source_repo, blob.digest, offset, hasher)
+            location = status.location
+            offset = await self._hash_range(source_repo, blob.digest, 0, status.offset, hasher)
         sent = 0
-        for attempt in range(1, BLOB_ATTEMPTS + 1):
+        attempt = 1
+        while offset < blob.size:
+            checkpoint, patch_start = hasher.copy(), offset
             try:
                 async with self.source.open_blob(source_repo, blob.digest, offset) as stream:
-                    async for chunk in _rechunk(stream.chunks(), UPLOAD_CHUNK_BYTES, self.stop):
-                        start = 0
-                        while start < len(chunk):
-                            try:
-                                location = await self.target.patch_chunk(target_repo, location, offset,
-                                                                         chunk[start:])
-                                hasher.update(chunk[start:])
-                                sent += len(chunk) - start
-                                offset += len(chunk) - start
-                                start = len(chunk)
-                            except ReplicationError as exc:
-                                if not exc.transient or attempt == BLOB_ATTEMPTS:
-                                    raise
-                                await self._pause(exc, attempt)
-                                attempt += 1
-                                status = await self.target.upload_status(target_repo, location)
-                                kept = status.offset - offset
-                                if not 0 <= kept <= len(chunk) - start:
-                                    raise
-                                hasher.update(chunk[start:start + kept])
-                                sent += kept
-                                offset += kept
-                                start += kept
-                                location = status.location
-                break
+                    reader = _Reader(stream.chunks(), self.stop)
+                    while offset < blob.size:
+                        checkpoint, patch_start = hasher.copy(), offset
+                        length = min(UPLOAD_CHUNK_BYTES, blob.size - offset)
+                        location = await self.target.patch_chunk(
+                            target_repo, location, offset, length, reader.take(length, hasher))
+                        offset += length
+                        sent += length
             except ReplicationError as exc:
-                # The source broke mid-stream: reopen it at our offset.
-                if not exc.transient or attempt == BLOB_ATTEMPTS:
+                if not exc.transient or attempt >= BLOB_ATTEMPTS:
                     raise
                 await self._pause(exc, attempt)
+                attempt += 1
+                status = await self.target.upload_status(target_repo, location)
+                if status.offset < patch_start:
+                    raise  # the registry lost bytes it had acknowledged: start over
+                location, hasher = status.location, checkpoint
+                offset = await self._hash_range(source_repo, blob.digest, patch_start, status.offset,
+                                                hasher)
         actual = Digest(f"{blob.digest.algorithm}:{hasher.hexdigest()}")
-        if actual != blob.digest or offset != blob.size:
+        if actual != blob.digest:
             await self.target.cancel_upload(target_repo, location)
             raise DigestMismatchError(blob.digest, actual)
         await self.target.complete_upload(target_repo, location, blob.digest)
         return sent
 
-    async def _hash_prefix(self, source_repo: str, digest: Digest, length: int,
-                           hasher: hashlib._Hash) -> None:
-        seen = 0
-        async with self.source.open_blob(source_repo, digest) as stream:
-            async for chunk in stream.chunks():
-                take = chunk[: length - seen]
-                hasher.update(take)
-                seen += len(take)
-                if seen >= length:
-                    return
+    async def _hash_range(self, source_repo: str, digest: Digest, start: int, end: int,
+                          hasher: hashlib._Hash) -> int:
+        """Feed source bytes [start, end) to the hash without sending them; returns ``end``."""
+        if end <= start:
+            return start
+        async with self.source.open_blob(source_repo, digest, start) as stream:
+            reader = _Reader(stream.chunks(), self.stop)
+            async for _ in reader.take(end - start, hasher):
+                pass
+        return end
+
+
+class _Reader:
+    """Cuts a stream of source chunks into exact-length request bodies, hashing what passes."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], stop: StopSignal) -> None:
+        self._chunks = chunks
+        self._stop = stop
+        self._left = b""
+
+    async def take(self, length: int, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
+        while length > 0:
+            self._stop.check()
+            piece = self._left or await anext(self._chunks, b"")
+            if not piece:
+                raise ContentError(f"source blob ended {length} bytes early")
+            piece, self._left = piece[:length], piece[length:]
+            hasher.update(piece)
+            length -= len(piece)
+            yield piece
 
 
 async def _verified(chunks: AsyncIterator[bytes], verifier: DigestVerifier, stop: StopSignal,
@@ -236,15 +247,3 @@ async def _verified(chunks: AsyncIterator[bytes], verifier: DigestVerifier, stop
     verifier.verify()
     if held is not None:
         yield held
-
-
-async def _rechunk(chunks: AsyncIterator[bytes], size: int, stop: StopSignal) -> AsyncIterator[bytes]:
-    buf = bytearray()
-    async for chunk in chunks:
-        stop.check()
-        buf += chunk
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)

@@ -53,7 +53,9 @@ def parse_challenge(header: str) -> Challenge | None:
     if not header:
         return None
     scheme, _, rest = header.partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+    # A quoted value may hold quoted-pairs (RFC 9110 5.6.4): backslash-escaped characters.
+    params = {m.group(1).lower(): re.sub(r"\\(.)", r"\1", m.group(2)) if m.group(2) is not None
+              else m.group(3)
               for m in _CHALLENGE_PARAM.finditer(rest)}
     return Challenge(scheme=scheme.lower(), params=params)
 
@@ -145,9 +147,13 @@ class RegistryAuth(httpx.Auth):
         if self._bearer is None:
             return
         token = self._tokens.get(scopes)
-        if (token is None or not token.fresh()) and fetch:
+        if token is not None and not token.fresh():
+            token = None
+        if token is None and fetch:
+            # A token just issued is used even when its lifetime is within the refresh margin
+            # (or issued_at looks old through clock skew); the next request fetches a new one.
             token = await self._token_for(scopes)
-        if token is not None and token.fresh():
+        if token is not None:
             request.headers["Authorization"] = f"Bearer {token.value}"
 
     async def _token_for(self, scopes: tuple[str, ...]) -> _Token:

@@ -52,6 +52,8 @@ ERROR_DETAIL_CHARS = 300
 STREAM_CHUNK_BYTES = 1024 * 1024
 
 USER_AGENT = "regflow/0.1"
+# Blobs and manifests are read raw and hashed: a proxy that compressed them would break both.
+DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,14 @@ class DistributionClient:
                               max_keepalive_connections=max_connections)
         self._token_http = httpx.AsyncClient(verify=verify, timeout=timeout, transport=transport,
                                              headers={"User-Agent": USER_AGENT})
-        self.auth = RegistryAuth(endpoint.host, endpoint.username, endpoint.password,
-                                 token_client=self._token_http)
+        # httpx lower-cases the host and drops a default port in request URLs; compare like it.
+        self.auth = RegistryAuth(httpx.URL(endpoint.url).netloc.decode(), endpoint.username,
+                                 endpoint.password, token_client=self._token_http)
         self._http = httpx.AsyncClient(
             base_url=f"{urlsplit(endpoint.url).scheme}://{endpoint.host}",
             verify=verify, timeout=timeout, limits=limits, transport=transport,
             http2=transport is None, follow_redirects=True, auth=self.auth,
-            headers={"User-Agent": USER_AGENT},
+            headers=DEFAULT_HEADERS,
         )
         self.requests_made = 0
 
@@ -158,7 +161,7 @@ class DistributionClient:
     ) -> httpx.Response:
         request = self._http.build_request(method, url, extensions={SCOPES_EXTENSION: scopes}, **kw)
         self.requests_made += 1
-        with _transport_errors(method, url):
+        with _transport_errors(method, url if "://" in url else f"//{self.host}{url}"):
             # Always streamed, so that an error body is read only up to its cap.
             response = await self._http.send(request, stream=True)
             if response.status_code not in ok:
@@ -323,13 +326,14 @@ class DistributionClient:
                          content=body, headers={"Content-Type": "application/octet-stream",
                                                 "Content-Length": str(size)})
 
-    async def patch_chunk(self, repository: str, location: str, offset: int, data: bytes) -> str:
-        """Append one chunk at ``offset``; returns the next upload location."""
+    async def patch_chunk(self, repository: str, location: str, offset: int, length: int,
+                          body: AsyncIterable[bytes] | bytes) -> str:
+        """Append ``length`` bytes at ``offset``; returns the next upload location."""
         response = await self._send(
             "PATCH", location, scopes=(repo_scope(repository, "pull,push"),), ok=(202,),
-            content=data, headers={"Content-Type": "application/octet-stream",
-                                   "Content-Range": f"{offset}-{offset + len(data) - 1}",
-                                   "Content-Length": str(len(data))},
+            content=body, headers={"Content-Type": "application/octet-stream",
+                                   "Content-Range": f"{offset}-{offset + length - 1}",
+                                   "Content-Length": str(length)},
         )
         return self._absolute(response.headers.get("Location", location))
 

@@ -1,0 +1,387 @@
+"""Unit tests of adapters.distribution.auth: challenge parsing and the bearer/basic flow, driven
+through DistributionClient over an in-process httpx.MockTransport (no network)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from adapters.distribution import auth as auth_module
+from adapters.distribution.auth import TOKEN_EXPIRY_MARGIN_SECONDS, Challenge, parse_challenge
+from adapters.distribution.client import DistributionClient
+from adapters.endpoint import Endpoint
+from adapters.errors import AuthenticationError, ReplicationError, TransportError
+from adapters.oci import Digest
+
+REGISTRY = "http://reg.example"
+REALM = "http://auth.example/token"
+USER = "alice"
+PASSWORD = "pa55-w0rd-never-shown"
+BASIC_CREDENTIALS = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+BLOB = Digest.of(b"blob")
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def reply(status: int = 200, *, content: bytes = b"", body: object = None,
+          headers: dict[str, str] | None = None) -> httpx.Response:
+    """A response whose body is still a stream, as from a real transport (``content=`` would be
+    read into memory at construction, and the client reads bodies raw)."""
+    if body is not None:
+        content = json.dumps(body).encode()
+    return httpx.Response(status, headers={"Content-Length": str(len(content)), **(headers or {})},
+                          stream=httpx.ByteStream(content))
+
+
+def make_client(handler: Handler, *, url: str = REGISTRY, credentials: bool = True) -> DistributionClient:
+    endpoint = Endpoint(
+        url=url,
+        username=USER if credentials else None,
+        password=SecretStr(PASSWORD) if credentials else None,
+    )
+    return DistributionClient(endpoint, transport=httpx.MockTransport(handler))
+
+
+def assert_no_secret(text: str) -> None:
+    assert PASSWORD not in text
+    assert BASIC_CREDENTIALS.split()[1] not in text
+
+
+_REPO_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?:tags|manifests|blobs)/")
+
+
+class BearerRegistry:
+    """A registry on reg.example that wants a bearer token per scope, plus its token service on
+    auth.example and an object store on storage.example. Records everything it is sent."""
+
+    def __init__(self, *, token_key: str = "token", expires_in: int = 300, token_status: int = 200) -> None:
+        self.token_key = token_key
+        self.expires_in = expires_in
+        self.token_status = token_status
+        self.token_requests: list[httpx.Request] = []
+        # (Authorization header as sent, status answered): the auth flow re-sends the same
+        # Request object, so headers are copied when each request arrives.
+        self.registry_log: list[tuple[str | None, int]] = []
+        self.storage_requests: list[httpx.Request] = []
+        self.granted: dict[str, set[str]] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return self._token(request)
+        if request.url.host == "storage.example":
+            self.storage_requests.append(request)
+            if request.url.path.startswith("/upload/"):
+                return reply(204, headers={"Range": "0-9"})
+            return reply(200, content=b"blob")
+        response = self._registry(request)
+        self.registry_log.append((request.headers.get("Authorization"), response.status_code))
+        return response
+
+    def _token(self, request: httpx.Request) -> httpx.Response:
+        self.token_requests.append(request)
+        if self.token_status != 200:
+            return reply(self.token_status, body={"details": "bad credentials"})
+        value = f"tok-{len(self.token_requests)}"
+        self.granted[value] = set(request.url.params.get_list("scope"))
+        return reply(200, body={self.token_key: value, "expires_in": self.expires_in})
+
+    def _registry(self, request: httpx.Request) -> httpx.Response:
+        match = _REPO_PATH.match(request.url.path)
+        assert match, request.url
+        action = "pull" if request.method in ("GET", "HEAD") else "pull,push"
+        scope = f"repository:{match['repo']}:{action}"
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if scope not in self.granted.get(token, set()):
+            challenge = f'Bearer realm="{REALM}",service="reg",scope="{scope}"'
+            return reply(401, headers={"WWW-Authenticate": challenge},
+                         body={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+        if request.url.path.endswith("/tags/list"):
+            return reply(200, body={"name": match["repo"], "tags": ["v1"]})
+        if request.method == "POST":
+            return reply(202, headers={"Location": "http://storage.example/upload/1?_state=s"})
+        if "/blobs/" in request.url.path:
+            return reply(307, headers={"Location": "http://storage.example/blob/1"})
+        return reply(404)
+
+
+# -- parse_challenge --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            'Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull,push"',
+            Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg.example",
+                                 "scope": "repository:a/b:pull,push"}),
+        ),
+        (
+            # Several scopes in one quoted value, separated by spaces and commas.
+            'Bearer realm="https://a/t", scope="repository:a:pull,push repository:b:pull"',
+            Challenge("bearer", {"realm": "https://a/t",
+                                 "scope": "repository:a:pull,push repository:b:pull"}),
+        ),
+        (
+            "Bearer realm=https://auth.example/token,service=reg",
+            Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg"}),
+        ),
+        ('BEARER Realm="https://a/t"', Challenge("bearer", {"realm": "https://a/t"})),
+        ('bAsIc realm="Registry Realm"', Challenge("basic", {"realm": "Registry Realm"})),
+        ("Basic", Challenge("basic", {})),
+        (
+            'Bearer realm="https://a/t",error="insufficient_scope"',
+            Challenge("bearer", {"realm": "https://a/t", "error": "insufficient_scope"}),
+        ),
+        (r'Basic realm="say \"hi\""', Challenge("basic", {"realm": 'say "hi"'})),
+    ],
+)
+def test_parse_challenge(header: str, expected: Challenge) -> None:
+    assert parse_challenge(header) == expected
+
+
+@pytest.mark.parametrize("header", ["", "   "])
+def test_parse_challenge_empty(header: str) -> None:
+    assert parse_challenge(header) is None
+
+
+# -- bearer flow ------------------------------------------------------------------------------
+
+
+async def test_bearer_challenge_fetches_one_token_and_retries() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg) as client:
+        assert await client.list_tags("a/b") == ["v1"]
+        assert client.auth.token_fetches == 1
+
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200)]
+    [token_request] = reg.token_requests
+    assert token_request.method == "GET"
+    assert token_request.url.copy_with(query=None) == httpx.URL(REALM)
+    assert token_request.url.params.get_list("service") == ["reg"]
+    assert token_request.url.params.get_list("scope") == ["repository:a/b:pull"]
+    assert token_request.headers["Authorization"] == BASIC_CREDENTIALS
+
+
+async def test_same_scope_reuses_the_token_without_a_401() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg) as client:
+        await client.list_tags("a/b")
+        await client.list_tags("a/b")
+
+    assert len(reg.token_requests) == 1
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200), ("Bearer tok-1", 200)]
+
+
+async def test_new_scope_fetches_a_token_up_front() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg) as client:
+        await client.list_tags("a/b")
+        assert await client.list_tags("c/d") == ["v1"]
+
+    assert [r.url.params.get_list("scope") for r in reg.token_requests] == [
+        ["repository:a/b:pull"],
+        ["repository:c/d:pull"],
+    ]
+    # The realm is known after the first challenge: c/d costs a token fetch but no 401.
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200), ("Bearer tok-2", 200)]
+
+
+async def test_access_token_is_accepted_in_place_of_token() -> None:
+    reg = BearerRegistry(token_key="access_token")
+    async with make_client(reg) as client:
+        assert await client.list_tags("a/b") == ["v1"]
+
+    assert reg.registry_log[-1] == ("Bearer tok-1", 200)
+
+
+async def test_token_shorter_than_the_margin_is_used_once_then_refreshed() -> None:
+    reg = BearerRegistry(expires_in=int(TOKEN_EXPIRY_MARGIN_SECONDS) // 2)
+    async with make_client(reg) as client:
+        assert await client.list_tags("a/b") == ["v1"]
+        assert await client.list_tags("a/b") == ["v1"]
+
+    assert len(reg.token_requests) == 2
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200), ("Bearer tok-2", 200)]
+
+
+async def test_token_is_refreshed_once_it_nears_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    # Replace the module's view of `time` only: the event loop keeps the real clock.
+    monkeypatch.setattr(auth_module, "time", SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    reg = BearerRegistry(expires_in=300)
+    async with make_client(reg) as client:
+        await client.list_tags("a/b")
+        now[0] += 300 - TOKEN_EXPIRY_MARGIN_SECONDS - 1
+        await client.list_tags("a/b")  # still fresh
+        assert len(reg.token_requests) == 1
+        now[0] += 2
+        await client.list_tags("a/b")  # inside the margin: refreshed up front
+
+    assert len(reg.token_requests) == 2
+    assert reg.registry_log == [
+        (None, 401), ("Bearer tok-1", 200), ("Bearer tok-1", 200), ("Bearer tok-2", 200),
+    ]
+
+
+async def test_token_service_401_is_an_authentication_error_without_the_password() -> None:
+    reg = BearerRegistry(token_status=401)
+    async with make_client(reg) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.list_tags("a/b")
+
+    assert info.value.status == 401
+    assert not info.value.transient
+    assert "reg.example" in str(info.value)
+    assert_no_secret(str(info.value))
+    assert_no_secret(repr(info.value))
+    assert len(reg.token_requests) == 1
+
+
+async def test_anonymous_token_fetch_sends_no_authorization() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg, credentials=False) as client:
+        assert await client.list_tags("a/b") == ["v1"]
+
+    [token_request] = reg.token_requests
+    assert "Authorization" not in token_request.headers
+    assert token_request.url.params.get_list("scope") == ["repository:a/b:pull"]
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200)]
+
+
+async def test_registry_url_with_default_port_and_upper_case_still_gets_credentials() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg, url="http://Reg.Example:80") as client:
+        assert await client.list_tags("a/b") == ["v1"]
+
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 200)]
+    assert reg.token_requests[0].headers["Authorization"] == BASIC_CREDENTIALS
+
+
+# -- basic ------------------------------------------------------------------------------------
+
+
+class BasicRegistry:
+    def __init__(self, password: str = PASSWORD) -> None:
+        self.expected = "Basic " + base64.b64encode(f"{USER}:{password}".encode()).decode()
+        self.log: list[tuple[str | None, int]] = []
+        self.storage_requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            self.storage_requests.append(request)
+            return reply(200, content=b"blob")
+        given = request.headers.get("Authorization")
+        if given != self.expected:
+            response = reply(401, headers={"WWW-Authenticate": 'Basic realm="Registry Realm"'})
+        elif "/blobs/" in request.url.path:
+            response = reply(307, headers={"Location": "http://storage.example/blob/1"})
+        else:
+            response = reply(200, body={"name": "a/b", "tags": ["v1"]})
+        self.log.append((given, response.status_code))
+        return response
+
+
+async def test_basic_challenge_switches_to_basic_and_then_sends_it_up_front() -> None:
+    reg = BasicRegistry()
+    async with make_client(reg) as client:
+        assert await client.list_tags("a/b") == ["v1"]
+        assert await client.list_tags("c/d") == ["v1"]
+        assert client.auth.token_fetches == 0
+
+    assert reg.log == [(None, 401), (BASIC_CREDENTIALS, 200), (BASIC_CREDENTIALS, 200)]
+
+
+async def test_refused_basic_credentials_raise_without_the_password() -> None:
+    reg = BasicRegistry(password="something-else")
+    async with make_client(reg) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.list_tags("a/b")
+
+    assert info.value.status == 401
+    assert reg.log == [(None, 401), (BASIC_CREDENTIALS, 401)]  # tried once, then gave up
+    assert_no_secret(str(info.value))
+    assert_no_secret(repr(info.value))
+
+
+# -- credentials stay on the registry host ----------------------------------------------------
+
+
+async def test_absolute_url_to_another_host_carries_no_authorization() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg) as client:
+        location = await client.start_upload("a/b")
+        assert location == "http://storage.example/upload/1?_state=s"
+        status = await client.upload_status("a/b", location)
+
+    assert status.offset == 10
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 202)]
+    [storage_request] = reg.storage_requests
+    assert "Authorization" not in storage_request.headers
+
+
+async def test_bearer_redirect_to_another_host_carries_no_authorization() -> None:
+    reg = BearerRegistry()
+    async with make_client(reg) as client:
+        async with client.open_blob("a/b", BLOB) as stream:
+            body = b"".join([chunk async for chunk in stream.chunks()])
+
+    assert body == b"blob"
+    assert reg.registry_log == [(None, 401), ("Bearer tok-1", 307)]
+    assert len(reg.storage_requests) == 1
+    assert "Authorization" not in reg.storage_requests[0].headers
+
+
+async def test_basic_redirect_to_another_host_carries_no_authorization() -> None:
+    reg = BasicRegistry()
+    async with make_client(reg) as client:
+        await client.list_tags("a/b")  # learn that the registry wants basic
+        async with client.open_blob("a/b", BLOB) as stream:
+            body = b"".join([chunk async for chunk in stream.chunks()])
+
+    assert body == b"blob"
+    assert reg.log[-1] == (BASIC_CREDENTIALS, 307)
+    assert len(reg.storage_requests) == 1
+    assert "Authorization" not in reg.storage_requests[0].headers
+
+
+# -- the password never shows -----------------------------------------------------------------
+
+
+async def test_password_not_in_reprs() -> None:
+    async with make_client(BearerRegistry()) as client:
+        for text in (repr(client), repr(client.auth), repr(client.endpoint), str(client.endpoint),
+                     repr(client.endpoint.model_dump())):
+            assert_no_secret(text)
+        assert client.endpoint.password is not None
+        assert client.endpoint.password.get_secret_value() == PASSWORD
+
+
+async def test_password_not_in_any_raised_error() -> None:
+    def unreachable_token_service(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            raise httpx.ConnectError("connection refused", request=request)
+        return BearerRegistry()(request)
+
+    errors: list[ReplicationError] = []
+    for handler in (BearerRegistry(token_status=401), BearerRegistry(token_status=500),
+                    BasicRegistry(password="other"), unreachable_token_service):
+        async with make_client(handler) as client:
+            with pytest.raises(ReplicationError) as info:
+                await client.list_tags("a/b")
+            errors.append(info.value)
+
+    assert [type(e) for e in errors] == [AuthenticationError, AuthenticationError,
+                                         AuthenticationError, TransportError]
+    assert [e.transient for e in errors] == [False, True, False, True]
+    for error in errors:
+        assert_no_secret(str(error))
+        assert_no_secret(repr(error))
+        assert_no_secret(repr(vars(error)))
