@@ -16,6 +16,9 @@ class TagPlan(BaseModel):
     tag: str
     # Pinned at plan time so that a tag moved mid-run cannot change what this run copies.
     digest: Digest | None = None
+    # What the plan saw on the target, so the transfer need not HEAD the tag again.
+    checked_target: bool = False
+    target_digest: Digest | None = None
 
 
 class TransferSpec(BaseModel):

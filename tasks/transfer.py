@@ -62,13 +62,16 @@ class _RepositoryCopy:
             if digest is None:
                 manifest = await self.source.get_manifest(self.src_repo, plan.tag)
                 digest = manifest.digest
-            existing = await self.target.head_manifest(self.dst_repo, plan.tag)
-            if existing is not None and existing.digest == digest:
+            existing = plan.target_digest
+            if not plan.checked_target:
+                head = await self.target.head_manifest(self.dst_repo, plan.tag)
+                existing = head.digest if head is not None else None
+            if existing == digest:
                 return TagOutcome(tag=plan.tag, digest=digest, status="skipped",
                                   reason="identical on target")
             if existing is not None and not self.spec.override:
                 return TagOutcome(tag=plan.tag, digest=digest, status="skipped",
-                                  reason=f"target has {existing.digest} and override is off")
+                                  reason=f"target has {existing} and override is off")
             if manifest is None:
                 manifest = await self.source.get_manifest(self.src_repo, digest)
             sent = await self._copy_contents(manifest, depth=0)

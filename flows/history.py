@@ -1,0 +1,115 @@
+"""Executions read back from Prefect's state store: flow runs of ``replicate`` tagged with a
+policy, their task runs, and the table artifact each run published."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import State
+from prefect.client.schemas.sorting import FlowRunSort
+from pydantic import BaseModel
+
+from flows.runtime import policy_tag
+
+# How long ``replicate`` waits for the server to record every task run before it returns.
+RECORD_WAIT_SECONDS = 60.0
+
+
+class TaskRecord(BaseModel):
+    name: str
+    state: str
+    message: str = ""
+    row: dict[str, object] = {}
+
+
+class ExecutionRecord(BaseModel):
+    id: str
+    name: str
+    policy: str
+    trigger: str
+    state: str
+    message: str
+    start_time: str | None
+    end_time: str | None
+    tags: list[str]
+    tasks: list[TaskRecord]
+
+
+async def wait_recorded(flow_run_id: str, expected_task_runs: int) -> bool:
+    """Task runs reach the server as events; make sure they are stored before the process ends."""
+    deadline = time.monotonic() + RECORD_WAIT_SECONDS
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+            final = [r for r in runs if r.state is not None and r.state.is_final()]
+            if len(final) >= expected_task_runs:
+                return True
+            await asyncio.sleep(0.25)
+    return False
+
+
+async def list_executions(policy: str | None = None, limit: int = 20) -> list[ExecutionRecord]:
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["replicate"])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[policy_tag(policy)]))
+            if policy else None,
+            sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        records = []
+        for run in runs:
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), type=ArtifactFilterType(any_=["table"])))
+            rows = _rows(artifacts[0].data if artifacts else None)
+            tags = list(run.tags)
+            records.append(ExecutionRecord(
+                id=str(run.id), name=run.name, tags=tags,
+                policy=_tag_value(tags, "policy:") or str(run.parameters.get("policy", "")),
+                trigger=_tag_value(tags, "trigger:") or str(run.parameters.get("trigger", "")),
+                state=_state_name(run.state), message=_state_message(run.state),
+                start_time=run.start_time.isoformat() if run.start_time else None,
+                end_time=run.end_time.isoformat() if run.end_time else None,
+                tasks=sorted((TaskRecord(name=t.name, state=_state_name(t.state),
+                                         message=_state_message(t.state), row=rows.get(t.name, {}))
+                              for t in task_runs), key=lambda t: t.name),
+            ))
+    return records
+
+
+def _state_name(state: State | None) -> str:
+    return (state.name or "Unknown") if state else "Unknown"
+
+
+def _state_message(state: State | None) -> str:
+    return (state.message or "") if state else ""
+
+
+def _tag_value(tags: list[str], prefix: str) -> str:
+    return next((t[len(prefix):] for t in tags if t.startswith(prefix)), "")
+
+
+def _rows(data: object) -> dict[str, dict[str, object]]:
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return {}
+    if not isinstance(data, list):
+        return {}
+    return {str(r.get("repository")): r for r in data if isinstance(r, dict)}

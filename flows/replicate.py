@@ -1,0 +1,137 @@
+"""The ``replicate`` flow: one run is one Harbor execution, one transfer task run per source
+repository is one Harbor task. The body is the table of contents; the steps live in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from dataclasses import dataclass
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.context import TaskRunContext
+from prefect.states import Cancelled, Completed, Failed
+from prefect.tasks import exponential_backoff
+
+from adapters import Adapter
+from adapters.errors import ReplicationError, is_transient
+from flows import runtime
+from tasks.blobs import BlobCopier
+from tasks.discover import Resource, discover
+from tasks.load import load_policy, open_adapters
+from tasks.models import TransferResult, TransferSpec
+from tasks.plan import Plan, make_plan
+from tasks.prepare import prepare
+from tasks.stop import StopSignal
+from tasks.summary import Execution, summarize
+from tasks.transfer import transfer_repository
+
+# Repositories transferred at once in one run. Each transfer moves up to BLOB_CONCURRENCY blobs;
+# on the 2-core reference machine the registries saturate at about this many streams.
+TRANSFER_CONCURRENCY = 4
+# Task-level attempts for transient failures (connection loss, 5xx, 429); blob-level retries
+# inside one attempt come first.
+TRANSFER_RETRIES = 2
+
+
+@dataclass
+class _Run:
+    source: Adapter
+    target: Adapter
+    blobs: BlobCopier
+
+
+# Task inputs stay small pydantic models; the open clients reach the task through this.
+_RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("regflow_run")
+
+
+class TransferIncomplete(ReplicationError):
+    """A transfer ended with failures; carries its result so the summary loses nothing."""
+
+    def __init__(self, result: TransferResult, *, transient: bool) -> None:
+        super().__init__(f"{result.count('failed')} tag(s) failed: {result.error}", transient=transient)
+        self.result = result
+
+
+def _retry_transient(task: object, task_run: object, state: State) -> bool:
+    return is_transient(state.data) if isinstance(state.data, BaseException) else False
+
+
+@task(name="transfer", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+      retry_condition_fn=_retry_transient, cache_policy=NO_CACHE, persist_result=False)
+async def transfer(spec: TransferSpec) -> TransferResult:
+    run = _RUN.get()
+    async with runtime.registry_slots(run.source.client.host, run.target.client.host):
+        result = await transfer_repository(run.source.client, run.target.client, spec, run.blobs)
+    context = TaskRunContext.get()
+    last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
+    if result.status == "Failed":
+        raise TransferIncomplete(result, transient=result.retryable and not last_attempt)
+    return result
+
+
+@flow(name="replicate", flow_run_name=runtime.run_name, persist_result=False, log_prints=False)
+async def replicate(policy: str, resources: list[Resource] | None = None, trigger: str = "manual",
+                    event_id: str | None = None) -> State:
+    """Returns a final state whose data is the Execution (callers awaiting the flow get it)."""
+    logger = get_run_logger()
+    loaded = load_policy(policy)
+    await runtime.label_run(policy, trigger, event_id)
+    if loaded.policy.single_active_replication and (other := await runtime.active_run_of(policy)):
+        refused = f"refused: execution {other} of policy {policy} is still running " \
+                  "and single_active_replication is on"
+        return await _final(summarize(policy, Plan(repositories=[]), {}, refused=refused), trigger,
+                            event_id)
+
+    stop = StopSignal()
+    async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
+        found = await discover(source, loaded.policy, resources)
+        plan = await make_plan(source, target, loaded.policy, found)
+        logger.info("plan: %d repositories, %d with tags to transfer", len(plan.repositories),
+                    len(plan.specs(loaded.policy)))
+        await prepare(target, plan)
+        specs = plan.specs(loaded.policy)
+        results = await _transfer_all(source, target, specs, stop)
+    execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "")
+    execution.transfers = len(specs)
+    return await _final(execution, trigger, event_id)
+
+
+async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],
+                        stop: StopSignal) -> dict[str, TransferResult | BaseException]:
+    _RUN.set(_Run(source, target, BlobCopier(source.client, target.client, stop=stop)))
+    if specs:
+        await runtime.ensure_registry_limits(source.client.host, target.client.host)
+    slots = asyncio.Semaphore(TRANSFER_CONCURRENCY)
+    progress = runtime.Progress(len(specs))
+
+    async def one(spec: TransferSpec) -> TransferResult | BaseException:
+        async with slots:
+            if stop.is_set:
+                return ReplicationError(f"not started: {stop.reason}")
+            state: State = await transfer(spec, return_state=True)  # type: ignore[misc]
+        await progress.advance()
+        data = await state.aresult(raise_on_failure=False)
+        if isinstance(data, TransferIncomplete):
+            return data.result
+        if isinstance(data, TransferResult | BaseException):
+            return data
+        return ReplicationError(f"transfer ended {state.type.value}: {state.message}")
+
+    # asyncio.gather over direct task calls: Prefect's .map of async tasks costs ~10x per task.
+    done = await asyncio.gather(*(one(s) for s in specs))
+    return {spec.source_repository: result for spec, result in zip(specs, done, strict=True)}
+
+
+async def _final(execution: Execution, trigger: str, event_id: str | None) -> State:
+    execution.trigger, execution.event_id = trigger, event_id
+    execution.flow_run_id = runtime.current_run_id()
+    await runtime.publish(execution)
+    if execution.status == "Succeeded":
+        return Completed(message=execution.message, data=execution)
+    if execution.status == "Stopped":
+        return Cancelled(message=execution.message, data=execution)
+    return Failed(message=execution.message, data=execution)

@@ -1,0 +1,184 @@
+"""Where the replicate flow meets Prefect's server: run labels, the stop watcher, per-registry
+concurrency slots, progress and the summary artifacts. Nothing here moves image bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from uuid import UUID
+
+from prefect import get_client
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.concurrency.asyncio import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import flow_run
+
+from tasks.stop import StopSignal
+from tasks.summary import Execution, human_bytes
+
+# How often a run asks the server whether it was cancelled. Stop takes at most this long to
+# notice, plus one chunk of the blob stream in flight.
+CANCEL_POLL_SECONDS = 1.0
+# Transfers touching one registry host at once, across every run sharing a Prefect server: a
+# small registry falls over long before its network does. Created on first use; raise it with
+# `prefect gcl update registry-<host> --limit N`.
+REGISTRY_HOST_SLOTS = 8
+
+_known_limits: set[str] = set()
+
+
+def run_name() -> str:
+    params = flow_run.parameters
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{params.get('policy', 'replicate')}-{params.get('trigger', 'manual')}-{stamp}"
+
+
+def current_run_id() -> str | None:
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def policy_tag(policy: str) -> str:
+    return f"policy:{policy}"
+
+
+async def label_run(policy: str, trigger: str, event_id: str | None) -> None:
+    """Tags make executions findable by policy and show how each one was started."""
+    run_id = flow_run.id
+    if not run_id:
+        return
+    labels = {policy_tag(policy), f"trigger:{trigger}", *flow_run.tags}
+    if event_id:
+        labels.add(f"event:{event_id}")
+    async with get_client() as client:
+        await client.update_flow_run(UUID(run_id), tags=sorted(labels))
+
+
+async def active_run_of(policy: str) -> str | None:
+    """Another running execution of this policy, if any (single_active_replication)."""
+    own = flow_run.id
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[policy_tag(policy)]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+        ), limit=5)
+    others = [r for r in runs if str(r.id) != own]
+    return str(others[0].id) if others else None
+
+
+@asynccontextmanager
+async def watch_cancellation(stop: StopSignal) -> AsyncIterator[None]:
+    """Polls the run's state and sets ``stop`` once it is Cancelling: works for runs started by
+    a runner or worker and for runs cancelled from the UI while the CLI executes them."""
+    run_id = flow_run.id
+
+    async def poll() -> None:
+        async with get_client() as client:
+            while True:
+                await asyncio.sleep(CANCEL_POLL_SECONDS)
+                with suppress(Exception):  # a flaky API must not end the run; next poll retries
+                    state = (await client.read_flow_run(UUID(run_id))).state
+                    if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                        stop.set("stopped by user")
+                        return
+
+    watcher = asyncio.create_task(poll()) if run_id else None
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+
+
+def _limit_name(host: str) -> str:
+    return "registry-" + re.sub(r"[^A-Za-z0-9.-]", "-", host)
+
+
+async def ensure_registry_limits(*hosts: str) -> None:
+    """Create the per-host limits once per process, before any transfer asks for a slot."""
+    missing = sorted({_limit_name(h) for h in hosts} - _known_limits)
+    if not missing:
+        return
+    async with get_client() as client:
+        for name in missing:
+            try:
+                await client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with suppress(ObjectAlreadyExists):  # another run created it meanwhile
+                    await client.upsert_global_concurrency_limit_by_name(name, REGISTRY_HOST_SLOTS)
+            _known_limits.add(name)
+
+
+@asynccontextmanager
+async def registry_slots(*hosts: str) -> AsyncIterator[None]:
+    async with concurrency(sorted({_limit_name(h) for h in hosts}), occupy=1, strict=False):
+        yield
+
+
+class Progress:
+    """The run's progress artifact: moves as each transfer task ends."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._artifact: UUID | None = None
+        self._lock = asyncio.Lock()
+
+    async def advance(self) -> None:
+        async with self._lock:
+            self.done += 1
+            percent = 100.0 * self.done / self.total if self.total else 100.0
+            description = f"{self.done} of {self.total} repositories transferred"
+            if self._artifact is None:
+                self._artifact = await acreate_progress_artifact(
+                    percent, key="replication-progress", description=description)
+            else:
+                await aupdate_progress_artifact(self._artifact, percent, description=description)
+
+
+async def publish(execution: Execution) -> None:
+    """The table artifact is the execution's task table; the markdown one its headline."""
+    if not flow_run.id:
+        return
+    rows = []
+    for t in execution.tasks:
+        reasons = sorted({f"{o.tag}: {o.reason}" for o in t.tags if o.reason})
+        rows.append({
+            "repository": t.source, "target": t.target, "status": t.status,
+            "tags": len(t.tags), "copied": t.copied, "skipped": t.skipped, "failed": t.failed,
+            "bytes": t.bytes, "seconds": round(t.seconds, 2),
+            "reason": "; ".join(([t.error] if t.error else []) + reasons)[:2000],
+        })
+    await acreate_table_artifact(rows, key=f"replication-{_slug(execution.policy)}",
+                          description=f"{execution.status}: {execution.message}")
+    await acreate_markdown_artifact(
+        f"## {execution.policy}: {execution.status}\n\n{execution.message}\n\n"
+        f"| total | succeed | failed | stopped | bytes |\n|---|---|---|---|---|\n"
+        f"| {execution.total} | {execution.succeed} | {execution.failed} | {execution.stopped} "
+        f"| {human_bytes(execution.bytes)} |\n",
+        key=f"replication-summary-{_slug(execution.policy)}",
+        description=execution.message,
+    )
+
+
+def _slug(name: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    return re.sub(r"[^a-z0-9-]", "-", name.lower())

@@ -1,0 +1,387 @@
+"""The store of registries and policies, as applied from config files: SQLite or PostgreSQL.
+
+Each row keeps a model's JSON with the registry secret in its sealed form (see policies.secrets),
+so nothing read from here ever holds a plaintext secret; ``Store.endpoint`` is the one place that
+resolves it, for the adapter that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Self, TypeVar
+
+import sqlmodel
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from sqlalchemy import DateTime, Engine, Text, create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import registry as mapper_registry
+from sqlmodel import Session, SQLModel, select
+
+from adapters import adapter_info
+from adapters.endpoint import Endpoint
+from adapters.errors import ConfigError
+from policies import secrets
+from policies.filters import literal_names
+from policies.home import DATABASE_URL_ENV, database_url
+from policies.models import Config, Policy, Registry
+from policies.namespace import check_path_rule, replace_namespace
+
+PEM_MARK: Final = "-----BEGIN"
+
+
+class _Table(SQLModel, registry=mapper_registry()):
+    """Own metadata: creating our tables never creates, or collides with, anyone else's."""
+
+
+class _Row(_Table):
+    name: str = sqlmodel.Field(primary_key=True, max_length=63)
+    spec: str = sqlmodel.Field(sa_type=Text)
+    created_at: datetime = sqlmodel.Field(sa_type=DateTime(timezone=True))
+    updated_at: datetime = sqlmodel.Field(sa_type=DateTime(timezone=True))
+
+
+class RegistryRow(_Row, table=True):
+    __tablename__ = "registries"
+
+
+class PolicyRow(_Row, table=True):
+    __tablename__ = "policies"
+
+
+RowT = TypeVar("RowT", RegistryRow, PolicyRow)
+
+
+class ApplyReport(BaseModel):
+    """What an apply did, as ``registry NAME`` / ``policy NAME`` entries."""
+
+    created: list[str] = Field(default_factory=list)
+    updated: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+
+class Store:
+    """Registries and policies in the database at ``url`` (default: ``database_url()``)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = _driver_url(url or database_url())
+        try:
+            self._engine: Engine = create_engine(self.url)
+        except ImportError:
+            raise ConfigError(
+                f"{self._safe_url()} needs the PostgreSQL driver: install regflow[postgres] (psycopg)",
+                field=DATABASE_URL_ENV,
+            ) from None
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"Store({self._safe_url()!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------------------- apply
+    def apply(self, config: Config, *, prune: bool = False) -> ApplyReport:
+        """Make the store hold what ``config`` says, in one transaction, after checking all of it.
+
+        With ``prune``, registries and policies missing from ``config`` are deleted too.
+        """
+        for i, registry in enumerate(config.registries):
+            _check_type(registry.type, f"registries[{i}].type")
+        report = ApplyReport()
+        now = datetime.now(UTC)
+        with self._transaction() as session:
+            old_registries = _rows(session, RegistryRow)
+            old_policies = _rows(session, PolicyRow)
+            _check_policies(config, old_registries, prune)
+            registry_specs = [
+                (r.name, _registry_spec(r, old_registries.get(r.name), f"registries[{i}]"))
+                for i, r in enumerate(config.registries)
+            ]
+            policy_specs = [(p.name, p.model_dump(mode="json")) for p in config.policies]
+            # Everything is checked and sealed: only writes from here on.
+            for name, spec in registry_specs:
+                _put(session, RegistryRow, old_registries.get(name), name, spec, now, report)
+            for name, spec in policy_specs:
+                _put(session, PolicyRow, old_policies.get(name), name, spec, now, report)
+            if prune:
+                _prune(session, old_policies, {p.name for p in config.policies}, "policy", report)
+                _prune(session, old_registries, {r.name for r in config.registries}, "registry", report)
+        return report
+
+    # -------------------------------------------------------------------------------- reads
+    def registries(self) -> list[Registry]:
+        """Every registry, by name, each carrying its sealed secret, never the plaintext."""
+        with self._transaction() as session:
+            return [_load(Registry, row) for row in _ordered(session, RegistryRow)]
+
+    def registry(self, name: str) -> Registry:
+        with self._transaction() as session:
+            return _load(Registry, _get(session, RegistryRow, name))
+
+    def policies(self) -> list[Policy]:
+        with self._transaction() as session:
+            return [_load(Policy, row) for row in _ordered(session, PolicyRow)]
+
+    def policy(self, name: str) -> Policy:
+        with self._transaction() as session:
+            return _load(Policy, _get(session, PolicyRow, name))
+
+    def endpoint(self, name: str) -> Endpoint:
+        """How to reach registry ``name``, with its secret resolved and its CA bundle read."""
+        registry = self.registry(name)
+        username: str | None = None
+        password: SecretStr | None = None
+        if registry.credential is not None:
+            username = registry.credential.access_key or None
+            try:
+                password = secrets.resolve(registry.credential.access_secret.get_secret_value())
+            except ConfigError as exc:
+                problem = f"registry {name!r}: {_bare(exc)}"
+                raise ConfigError(problem, field="credential.access_secret") from None
+        return Endpoint(
+            url=registry.url,
+            username=username,
+            password=password,
+            insecure=registry.insecure,
+            ca_certificate=_ca_text(registry.ca_certificate, name),
+        )
+
+    @staticmethod
+    def public_view(item: Registry | Policy) -> dict[str, Any]:
+        return public_view(item)
+
+    # ------------------------------------------------------------------------------ deletes
+    def delete_policy(self, name: str) -> None:
+        with self._transaction() as session:
+            session.delete(_get(session, PolicyRow, name))
+
+    def delete_registry(self, name: str) -> None:
+        """Delete registry ``name``; refused while a policy uses it."""
+        with self._transaction() as session:
+            row = _get(session, RegistryRow, name)
+            users = [p.name for p in _ordered(session, PolicyRow) if name in _registries_of(p)]
+            if users:
+                raise ConfigError(
+                    f"registry {name!r} is used by policy {', '.join(map(repr, users))}: "
+                    "delete that policy or point it at another registry first"
+                )
+            session.delete(row)
+
+    # ------------------------------------------------------------------------------ plumbing
+    def _safe_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        self._prepare()
+        with Session(self._engine) as session, session.begin():
+            yield session
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            _create_private_file(Path(str(self.url.database)))
+        try:
+            _Table.metadata.create_all(self._engine)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            raise ConfigError(f"cannot open the database {self._safe_url()}: {reason}",
+                              field=DATABASE_URL_ENV) from None
+        self._ready = True
+
+
+def public_view(item: Registry | Policy) -> dict[str, Any]:
+    """``item`` for display: the secret masked, and where it comes from instead."""
+    data = item.model_dump(mode="json")
+    if isinstance(item, Registry) and item.credential is not None:
+        stored = item.credential.access_secret.get_secret_value()
+        data["credential"]["access_secret"] = secrets.MASK
+        data["credential"]["source"] = secrets.source_label(stored)
+    return data
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _driver_url(text: str) -> URL:
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        # The text may hold a password: say what is wrong without repeating it.
+        raise ConfigError("not a database URL such as sqlite:///path or postgresql+psycopg://host/db",
+                          field=DATABASE_URL_ENV) from None
+    # psycopg (3) is the driver we ship; SQLAlchemy's plain postgresql:// means psycopg2.
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _create_private_file(path: Path) -> None:
+    # The database holds sealed secrets only, but nobody else needs to read even those.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _bare(exc: ConfigError) -> str:
+    """The message of ``exc`` without its field prefix, to re-raise it under a fuller field."""
+    return exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
+
+
+def _check_type(type_: str, field: str) -> None:
+    try:
+        adapter_info(type_)
+    except ConfigError as exc:
+        raise ConfigError(_bare(exc), field=field) from None
+
+
+def _check_policies(config: Config, old_registries: dict[str, RegistryRow], prune: bool) -> None:
+    """Every policy names registries that will exist, and its literal targets fit the path rule."""
+    types = {r.name: r.type for r in config.registries}
+    if not prune:
+        for name, row in old_registries.items():
+            types.setdefault(name, json.loads(row.spec)["type"])
+    for i, policy in enumerate(config.policies):
+        for side in ("src_registry", "dest_registry"):
+            ref = getattr(policy, side)
+            if ref in types:
+                continue
+            problem = (
+                f"registry {ref!r} is not in the file, so prune would delete it, but this policy uses it"
+                if ref in old_registries
+                else f"{ref!r} is not a registry in this file or in the store"
+            )
+            raise ConfigError(problem, field=f"policies[{i}].{side}")
+        _check_targets(policy, types[str(policy.dest_registry)], f"policies[{i}].dest_namespace")
+
+
+def _check_targets(policy: Policy, dest_type: str, field: str) -> None:
+    info = adapter_info(dest_type)
+    for name in literal_names(policy.filters) or []:
+        try:
+            target = replace_namespace(name, policy.dest_namespace, policy.dest_namespace_replace_count)
+            check_path_rule(target, info.min_path_components, info.max_path_components)
+        except ConfigError as exc:
+            raise ConfigError(_bare(exc), field=field) from None
+
+
+def _registry_spec(registry: Registry, old: RegistryRow | None, where: str) -> dict[str, Any]:
+    """The JSON to store: the model, with its secret sealed (reusing the old sealed text if equal)."""
+    spec = registry.model_dump(mode="json")
+    if registry.credential is None:
+        return spec
+    secret = registry.credential.access_secret
+    old_sealed = _sealed_secret(old)
+    if old_sealed is not None and secrets.matches(old_sealed, secret):
+        sealed = old_sealed
+    else:
+        try:
+            sealed = secrets.seal(secret)
+        except ConfigError as exc:
+            raise ConfigError(_bare(exc), field=f"{where}.credential.access_secret") from None
+    spec["credential"]["access_secret"] = sealed
+    return spec
+
+
+def _sealed_secret(row: RegistryRow | None) -> str | None:
+    if row is None:
+        return None
+    credential = json.loads(row.spec).get("credential")
+    return credential["access_secret"] if credential else None
+
+
+def _registries_of(row: PolicyRow) -> set[str]:
+    spec = json.loads(row.spec)
+    return {spec.get("src_registry"), spec.get("dest_registry")} - {None}
+
+
+def _rows(session: Session, table: type[RowT]) -> dict[str, RowT]:
+    return {row.name: row for row in session.exec(select(table))}
+
+
+def _ordered(session: Session, table: type[RowT]) -> Sequence[RowT]:
+    return session.exec(select(table).order_by(table.name)).all()
+
+
+def _kind(table: type[_Row]) -> str:
+    return "registry" if table is RegistryRow else "policy"
+
+
+def _get(session: Session, table: type[RowT], name: str) -> RowT:
+    row = session.get(table, name)
+    if row is None:
+        raise ConfigError(f"no {_kind(table)} named {name!r}")
+    return row
+
+
+def _put(
+    session: Session,
+    table: type[RowT],
+    row: RowT | None,
+    name: str,
+    spec: dict[str, Any],
+    now: datetime,
+    report: ApplyReport,
+) -> None:
+    entry = f"{_kind(table)} {name}"
+    if row is None:
+        session.add(table(name=name, spec=json.dumps(spec), created_at=now, updated_at=now))
+        report.created.append(entry)
+    elif json.loads(row.spec) == spec:
+        report.unchanged.append(entry)
+    else:
+        row.spec = json.dumps(spec)
+        row.updated_at = now
+        session.add(row)
+        report.updated.append(entry)
+
+
+def _prune(session: Session, old: dict[str, RowT], keep: set[str], kind: str, report: ApplyReport) -> None:
+    for name in sorted(old.keys() - keep):
+        session.delete(old[name])
+        report.deleted.append(f"{kind} {name}")
+
+
+ModelT = TypeVar("ModelT", Registry, Policy)
+
+
+def _load(model: type[ModelT], row: _Row) -> ModelT:
+    try:
+        return model.model_validate_json(row.spec)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors(include_input=False, include_url=False))
+        kind = model.__name__.lower()
+        problem = f"the stored {kind} {row.name!r} no longer validates: {problems}; apply it again"
+        raise ConfigError(problem) from None
+
+
+def _ca_text(value: str | None, registry: str) -> str | None:
+    """PEM text as given, or read from the file it names."""
+    if value is None or PEM_MARK in value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"registry {registry!r}: cannot read the CA certificate file {path}: {reason}",
+                          field="ca_certificate") from None
+    if PEM_MARK not in text:
+        raise ConfigError(f"registry {registry!r}: {path} holds no PEM certificate", field="ca_certificate")
+    return text

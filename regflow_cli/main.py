@@ -1,0 +1,249 @@
+"""The ``regflow`` command.
+
+Exit codes: 0 done (execution Succeeded), 1 the execution Failed or was Stopped, 2 bad input
+(config, names, arguments): nothing was changed.
+
+Prefect is imported only by the commands that run or read executions: ``apply`` and the
+listings answer without starting a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adapters.errors import ConfigError, ReplicationError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Replicate container images between registries, on Prefect.")
+registry_app = typer.Typer(no_args_is_help=True, help="Registries (endpoints).")
+policy_app = typer.Typer(no_args_is_help=True, help="Replication policies.")
+app.add_typer(registry_app, name="registry")
+app.add_typer(policy_app, name="policy")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _store() -> Any:
+    from policies.store import Store
+    return Store()
+
+
+@app.command()
+def apply(file: Annotated[Path, typer.Option("-f", "--file", help="config file (version: 1)")],
+          prune: Annotated[bool, typer.Option(help="delete registries/policies not in the file")] = False,
+          ) -> None:
+    """Create or update registries and policies from a config file, idempotently."""
+    from policies.config_file import load_config_file
+    with _user_errors():
+        config = load_config_file(file)
+        report = _store().apply(config, prune=prune)
+    for verb in ("created", "updated", "deleted", "unchanged"):
+        for item in getattr(report, verb):
+            out.print(f"{verb:9} {item}", highlight=False)
+    if not any(getattr(report, v) for v in ("created", "updated", "deleted", "unchanged")):
+        out.print("nothing to apply")
+
+
+@registry_app.command("list")
+def registry_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered registries (secrets masked)."""
+    store = _store()
+    views = [store.public_view(r) for r in store.registries()]
+    if as_json:
+        print(json.dumps(views, indent=2, default=str))
+        return
+    table = Table("name", "type", "url", "credential", "insecure")
+    for v in views:
+        cred = v.get("credential") or {}
+        table.add_row(v["name"], v["type"], v["url"],
+                      f"{cred.get('access_key', '')} ({cred.get('source', '')})" if cred else "-",
+                      str(v.get("insecure", False)))
+    out.print(table)
+
+
+@registry_app.command("ping")
+def registry_ping(name: str) -> None:
+    """Health check: /v2/ answers and the credentials are accepted."""
+    from adapters import create_adapter
+
+    with _user_errors():
+        store = _store()
+        registry = store.registry(name)
+        endpoint = store.endpoint(name)
+
+    async def check() -> Any:
+        adapter = create_adapter(registry.type, endpoint)
+        try:
+            return await adapter.health()
+        finally:
+            await adapter.aclose()
+
+    with _user_errors():
+        health = asyncio.run(check())
+    if health.status == "healthy":
+        out.print(f"{name}: healthy")
+        return
+    _fail(f"{name}: unhealthy: {health.reason}", EXIT_FAILED)
+
+
+@policy_app.command("list")
+def policy_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Replication policies."""
+    store = _store()
+    policies = store.policies()
+    if as_json:
+        print(json.dumps([store.public_view(p) for p in policies], indent=2, default=str))
+        return
+    table = Table("name", "source", "target", "namespace", "trigger", "enabled")
+    for p in policies:
+        table.add_row(p.name, p.src_registry or "", p.dest_registry or "", p.dest_namespace or "-",
+                      p.trigger.type, str(p.enabled))
+    out.print(table)
+
+
+@policy_app.command("show")
+def policy_show(name: str) -> None:
+    """One policy, as stored."""
+    with _user_errors():
+        store = _store()
+        view = store.public_view(store.policy(name))
+    print(json.dumps(view, indent=2, default=str))
+
+
+@app.command()
+def replicate(
+    policy: str,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Run a policy now, as one execution (a Prefect flow run)."""
+    from tasks.load import load_policy
+    with _user_errors():
+        loaded = load_policy(policy)
+    if dry_run:
+        _dry_run(loaded, as_json)
+        return
+
+    from flows import embedded
+    embedded.configure()
+    execution = _run_flow(policy, as_json)
+    if as_json:
+        print(json.dumps(execution.public()))
+    else:
+        _print_execution(execution)
+    raise typer.Exit(EXIT_OK if execution.status == "Succeeded" else EXIT_FAILED)
+
+
+def _run_flow(policy: str, quiet: bool) -> Any:
+    from flows import history
+    from flows.replicate import replicate as replicate_flow
+    from tasks.summary import Execution
+
+    async def run() -> Execution:
+        state = await replicate_flow(policy=policy, trigger="manual", return_state=True)
+        result = await state.aresult(raise_on_failure=False)
+        if not isinstance(result, Execution):
+            raise ReplicationError(f"execution ended {state.name}: {state.message}")
+        if result.flow_run_id:
+            await history.wait_recorded(result.flow_run_id, result.transfers)
+        return result
+
+    with _user_errors():
+        if quiet:
+            return asyncio.run(run())
+        with err.status(f"replicating {policy} ..."):
+            return asyncio.run(run())
+
+
+def _dry_run(loaded: Any, as_json: bool) -> None:
+    from tasks.discover import discover
+    from tasks.load import open_adapters
+    from tasks.plan import make_plan
+    from tasks.summary import human_bytes
+
+    async def plan() -> Any:
+        async with open_adapters(loaded) as (source, target):
+            found = await discover(source, loaded.policy)
+            return await make_plan(source, target, loaded.policy, found, measure=True)
+
+    with _user_errors():
+        result = asyncio.run(plan())
+    if as_json:
+        print(result.model_dump_json())
+        return
+    table = Table("repository", "target", "tag", "action", "bytes")
+    total = 0
+    for repo in result.repositories:
+        if repo.error:
+            table.add_row(repo.source_repository, "-", "-", f"[red]error: {repo.error}[/red]", "")
+        for t in repo.tags:
+            total += t.bytes or 0
+            table.add_row(repo.source_repository, repo.target_repository, t.tag, t.action,
+                          human_bytes(t.bytes) if t.bytes is not None else "")
+    out.print(table)
+    out.print(f"at most {human_bytes(total)} to copy (blobs already on the target are not sent)")
+
+
+def _print_execution(execution: Any) -> None:
+    table = Table("repository", "target", "status", "copied", "skipped", "failed", "bytes", "reason")
+    for t in execution.tasks:
+        reasons = "; ".join(sorted({o.reason for o in t.tags if o.reason}))
+        table.add_row(t.source, t.target, t.status, str(t.copied), str(t.skipped), str(t.failed),
+                      str(t.bytes), t.error or reasons)
+    out.print(table)
+    colour = {"Succeeded": "green", "Failed": "red"}.get(execution.status, "yellow")
+    out.print(f"[{colour}]{execution.status}[/{colour}]: {execution.message}", highlight=False)
+
+
+@app.command()
+def executions(
+    policy: Annotated[str | None, typer.Argument()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: int = 20,
+) -> None:
+    """Past executions (Prefect flow runs) with their tasks."""
+    from flows import embedded
+    embedded.configure()
+    from flows.history import list_executions
+    records = asyncio.run(list_executions(policy, limit))
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table("execution", "policy", "trigger", "state", "tasks", "message")
+    for r in records:
+        table.add_row(r.name, r.policy, r.trigger, r.state, str(len(r.tasks)), r.message[:120])
+    out.print(table)
+
+
+def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> None:
+    entry(args=argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

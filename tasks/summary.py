@@ -1,0 +1,113 @@
+"""Step 7: one execution's outcome, Harbor's way: a status, counts per task, a message that
+says why, and every tag with what happened to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel
+
+from tasks.models import TagOutcome, TaskStatus, TransferResult
+from tasks.plan import Plan
+
+ExecutionStatus = Literal["Succeeded", "Failed", "Stopped", "InProgress"]
+# The status message names at most this many failures; the table artifact has all of them.
+MESSAGE_FAILURES = 3
+
+
+class TaskSummary(BaseModel):
+    source: str
+    target: str
+    status: TaskStatus
+    tags: list[TagOutcome]
+    copied: int
+    skipped: int
+    failed: int
+    bytes: int
+    seconds: float
+    error: str = ""
+
+
+class Execution(BaseModel):
+    policy: str
+    status: ExecutionStatus
+    message: str
+    total: int
+    succeed: int
+    failed: int
+    stopped: int
+    in_progress: int = 0
+    bytes: int = 0
+    transfers: int = 0  # task runs started; repositories already identical need none
+    trigger: str = "manual"
+    event_id: str | None = None
+    flow_run_id: str | None = None
+    tasks: list[TaskSummary] = []
+
+    def public(self) -> dict[str, object]:
+        """The CLI's ``--json`` object."""
+        return self.model_dump(mode="json")
+
+
+def summarize(policy: str, plan: Plan, results: Mapping[str, TransferResult | BaseException], *,
+              stopped_reason: str = "", refused: str = "") -> Execution:
+    tasks = [_task(repo.source_repository, repo.target_repository, repo.error, repo.settled(),
+                   results.get(repo.source_repository))
+             for repo in plan.repositories]
+    count = {s: sum(1 for t in tasks if t.status == s) for s in ("Succeeded", "Failed", "Stopped")}
+    status: ExecutionStatus = "Succeeded"
+    if refused or count["Failed"]:
+        status = "Failed"
+    elif count["Stopped"] or stopped_reason:
+        status = "Stopped"
+    return Execution(policy=policy, status=status, total=len(tasks), succeed=count["Succeeded"],
+                     failed=count["Failed"], stopped=count["Stopped"], bytes=sum(t.bytes for t in tasks),
+                     tasks=tasks, message=refused or _message(tasks, status, stopped_reason))
+
+
+def _task(source: str, target: str, plan_error: str, settled: list[TagOutcome],
+          result: TransferResult | BaseException | None) -> TaskSummary:
+    tags = list(settled)
+    error = plan_error
+    seconds = 0.0
+    if isinstance(result, TransferResult):
+        tags = sorted([*tags, *result.tags], key=lambda t: t.tag)
+        error = error or result.error
+        seconds = result.seconds
+    elif isinstance(result, BaseException):
+        error = f"{type(result).__name__}: {result}"
+    status: TaskStatus = "Succeeded"
+    if error or any(t.status == "failed" for t in tags):
+        status = "Failed"
+    elif any(t.status == "stopped" for t in tags):
+        status = "Stopped"
+    return TaskSummary(
+        source=source, target=target, status=status, tags=tags, error=error, seconds=seconds,
+        copied=sum(t.status == "copied" for t in tags), skipped=sum(t.status == "skipped" for t in tags),
+        failed=sum(t.status == "failed" for t in tags), bytes=sum(t.bytes for t in tags))
+
+
+def _message(tasks: list[TaskSummary], status: ExecutionStatus, stopped_reason: str) -> str:
+    copied = sum(t.copied for t in tasks)
+    skipped = sum(t.skipped for t in tasks)
+    moved = sum(t.bytes for t in tasks)
+    head = (f"{len(tasks)} repositories: {copied} tags copied ({human_bytes(moved)}), "
+            f"{skipped} skipped")
+    if status == "Failed":
+        failures = [t for t in tasks if t.status == "Failed"]
+        named = "; ".join(f"{t.source}: {t.error}" for t in failures[:MESSAGE_FAILURES])
+        more = f" (+{len(failures) - MESSAGE_FAILURES} more)" if len(failures) > MESSAGE_FAILURES else ""
+        return f"{len(failures)} of {len(tasks)} tasks failed: {named}{more}. {head}"
+    if status == "Stopped":
+        return f"stopped: {stopped_reason or 'by user'}. {head}"
+    return head
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
