@@ -18,6 +18,7 @@ from prefect.tasks import exponential_backoff
 from adapters import Adapter
 from adapters.errors import ReplicationError, is_transient
 from flows import runtime
+from tasks.bandwidth import Bandwidth
 from tasks.blobs import BlobCopier
 from tasks.discover import Resource, discover
 from tasks.load import load_policy, open_adapters
@@ -94,15 +95,16 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
                     len(plan.specs(loaded.policy)))
         await prepare(target, plan)
         specs = plan.specs(loaded.policy)
-        results = await _transfer_all(source, target, specs, stop)
+        results = await _transfer_all(source, target, specs, stop, loaded.policy.speed)
     execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "")
     execution.transfers = len(specs)
     return await _final(execution, trigger, event_id)
 
 
 async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],
-                        stop: StopSignal) -> dict[str, TransferResult | BaseException]:
-    _RUN.set(_Run(source, target, BlobCopier(source.client, target.client, stop=stop)))
+                        stop: StopSignal, speed: int) -> dict[str, TransferResult | BaseException]:
+    blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop))
+    _RUN.set(_Run(source, target, blobs))
     if specs:
         await runtime.ensure_registry_limits(source.client.host, target.client.host)
     slots = asyncio.Semaphore(TRANSFER_CONCURRENCY)

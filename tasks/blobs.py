@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from adapters.distribution.client import DistributionClient
 from adapters.errors import ContentError, DigestMismatchError, RateLimitedError, ReplicationError
 from adapters.oci import Descriptor, Digest, DigestVerifier
+from tasks.bandwidth import Bandwidth
 from tasks.stop import StopSignal
 
 # Blobs moved at once per run. Measured on the reference 2-core machine the registries, not the
@@ -46,12 +47,14 @@ class BlobCopier:
         target: DistributionClient,
         *,
         stop: StopSignal | None = None,
+        bandwidth: Bandwidth | None = None,
         concurrency: int = BLOB_CONCURRENCY,
         chunked_threshold: int = CHUNKED_UPLOAD_THRESHOLD_BYTES,
     ) -> None:
         self.source = source
         self.target = target
         self.stop = stop or StopSignal()
+        self.bandwidth = bandwidth or Bandwidth(-1)
         self.chunked_threshold = chunked_threshold
         self._slots = asyncio.Semaphore(concurrency)
         self._linked: set[tuple[str, str]] = set()
@@ -152,7 +155,8 @@ class BlobCopier:
     async def _upload_monolithic(self, source_repo: str, target_repo: str, blob: Descriptor,
                                  location: str) -> int:
         async with self.source.open_blob(source_repo, blob.digest) as stream:
-            body = _verified(stream.chunks(), DigestVerifier(blob.digest), self.stop, blob.size)
+            body = _verified(stream.chunks(), DigestVerifier(blob.digest), self.stop, self.bandwidth,
+                             blob.size)
             await self.target.put_blob(target_repo, location, blob.digest, blob.size, body)
         return blob.size
 
@@ -173,7 +177,7 @@ class BlobCopier:
             checkpoint, patch_start = hasher.copy(), offset
             try:
                 async with self.source.open_blob(source_repo, blob.digest, offset) as stream:
-                    reader = _Reader(stream.chunks(), self.stop)
+                    reader = _Reader(stream.chunks(), self.stop, self.bandwidth)
                     while offset < blob.size:
                         checkpoint, patch_start = hasher.copy(), offset
                         length = min(UPLOAD_CHUNK_BYTES, blob.size - offset)
@@ -205,7 +209,7 @@ class BlobCopier:
         if end <= start:
             return start
         async with self.source.open_blob(source_repo, digest, start) as stream:
-            reader = _Reader(stream.chunks(), self.stop)
+            reader = _Reader(stream.chunks(), self.stop, Bandwidth(-1))  # nothing is sent here
             async for _ in reader.take(end - start, hasher):
                 pass
         return end
@@ -214,9 +218,10 @@ class BlobCopier:
 class _Reader:
     """Cuts a stream of source chunks into exact-length request bodies, hashing what passes."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], stop: StopSignal) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], stop: StopSignal, bandwidth: Bandwidth) -> None:
         self._chunks = chunks
         self._stop = stop
+        self._bandwidth = bandwidth
         self._left = b""
 
     async def take(self, length: int, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
@@ -226,18 +231,20 @@ class _Reader:
             if not piece:
                 raise ContentError(f"source blob ended {length} bytes early")
             piece, self._left = piece[:length], piece[length:]
+            await self._bandwidth.spend(len(piece))
             hasher.update(piece)
             length -= len(piece)
             yield piece
 
 
 async def _verified(chunks: AsyncIterator[bytes], verifier: DigestVerifier, stop: StopSignal,
-                    size: int) -> AsyncIterator[bytes]:
+                    bandwidth: Bandwidth, size: int) -> AsyncIterator[bytes]:
     """Pass bytes through, holding back the last chunk until the digest is proven: a corrupt
     blob ends the upload short, so the registry never commits it."""
     held: bytes | None = None
     async for chunk in chunks:
         stop.check()
+        await bandwidth.spend(len(chunk))
         verifier.update(chunk)
         if verifier.size > size:
             raise DigestMismatchError(verifier.expected, f"more than {size} bytes")

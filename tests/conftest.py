@@ -10,6 +10,7 @@ from typing import Any, Literal
 import pytest
 
 from tests.support.corpus import CorpusBuilder
+from tests.support.prefect_server import PrefectServer
 from tests.support.registry import (
     DEBIAN_PACKAGES,
     HTPASSWD_BIN,
@@ -161,3 +162,10 @@ def make_corpus() -> Iterator[CorpusFactory]:
     finally:
         for b in builders:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    """One real Prefect server for the session (~12 s to start): never one per test."""
+    with PrefectServer() as server:
+        yield server
