@@ -60,6 +60,13 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme=scheme.lower(), params=params)
 
 
+def normalize_scope(scope: str) -> str:
+    """``repository:a:push,pull`` and ``repository:a:pull,push`` are one scope: registries list
+    actions in no fixed order."""
+    head, _, actions = scope.rpartition(":")
+    return f"{head}:{','.join(sorted(actions.split(',')))}" if head else scope
+
+
 @dataclass
 class _Token:
     value: str
@@ -132,7 +139,7 @@ class RegistryAuth(httpx.Auth):
             self._bearer = challenge
             # The registry may ask for a different scope than we guessed: ask for both.
             wanted = challenge.params.get("scope")
-            if wanted and wanted not in scopes:
+            if wanted and normalize_scope(wanted) not in {normalize_scope(s) for s in scopes}:
                 scopes = (*scopes, wanted)
             self._tokens.pop(scopes, None)
         else:
