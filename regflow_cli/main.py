@@ -30,8 +30,10 @@ policy_app = typer.Typer(no_args_is_help=True, help="Replication policies.")
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

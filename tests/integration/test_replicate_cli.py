@@ -86,6 +86,9 @@ def test_apply_replicate_resync_outage_and_history(home, registries, make_corpus
     again = regflow(home, "apply", "-f", str(config), src=src)
     assert "created" not in again.stdout and "unchanged policy mirror-team-a" in again.stdout
 
+    assert regflow(home, "registry", "ping", "src", src=src).returncode == 0
+    assert regflow(home, "registry", "ping", "src").returncode == 2  # ${SRC_PASSWORD} unset: bad input
+
     first = regflow(home, "replicate", "mirror-team-a", "--json", src=src)
     assert first.returncode == 0, first.stderr
     run1 = json.loads(first.stdout)
@@ -115,6 +118,8 @@ def test_apply_replicate_resync_outage_and_history(home, registries, make_corpus
     corpus.push("team-a/app", ["1.2"], ImageKind.OCI, created=10)
     dst.stop()
     try:
+        unreachable = regflow(home, "registry", "ping", "dst")
+        assert unreachable.returncode == 1 and "unhealthy" in unreachable.stderr
         failed = regflow(home, "replicate", "mirror-team-a", "--json", src=src)
     finally:
         dst.start()
@@ -163,6 +168,8 @@ def test_apply_replicate_resync_outage_and_history(home, registries, make_corpus
         "dest_namespace: mirror", "dest_namespace: ''").replace("dest_namespace_replace_count: 1",
                                                                 "dest_namespace_replace_count: -1"),
      "dest"),
+    (lambda c: c.replace('value: "team-a/**"', 'value: "team-a/app"').replace(
+        "dest_namespace_replace_count: 1", "dest_namespace_replace_count: 3"), "dest_namespace"),
 ])
 def test_bad_config_exits_2_naming_the_field_and_changes_nothing(tmp_path, edit, field):
     good = CONFIG.format(src="http://127.0.0.1:9", dst="http://127.0.0.1:10", user="u", dst_user="v",

@@ -125,3 +125,7 @@ async def test_stop_mid_blob_refuse_overlap_and_artifacts(prefect_server, make_r
     assert all(r["status"] == "Succeeded" and r["copied"] >= 1 for r in rows)
     assert float(by_type["progress"].data) == 100.0
     assert sorted(t.name for t in task_runs) == ["small/a", "small/b"]
+    async with prefect_server.client() as client:
+        limits = {limit.name: limit.limit for limit in await client.read_global_concurrency_limits()}
+    for registry in (src, dst):
+        assert limits[f"registry-127.0.0.1-{registry.port}"] == 8

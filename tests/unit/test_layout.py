@@ -1,0 +1,30 @@
+"""The top-level packages are this repository's, not the PyPI distributions of the same names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import adapters
+import deployments
+import flows
+import tasks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_top_level_packages_resolve_inside_the_repository():
+    for module in (adapters, tasks, flows, deployments):
+        assert module.__file__ is not None
+        assert Path(module.__file__).resolve().is_relative_to(ROOT), module.__file__
+
+
+def test_adapter_registry_is_explicit_and_refuses_unknown_types():
+    import pytest
+
+    from adapters import ADAPTERS, adapter_info
+    from adapters.errors import ConfigError
+
+    assert set(ADAPTERS) == {"docker-registry"}
+    assert adapter_info("docker-registry").type == "docker-registry"
+    with pytest.raises(ConfigError, match="not supported"):
+        adapter_info("harbor")
