@@ -73,7 +73,7 @@ class RegistryEvent(BaseModel):
     action: Literal["push", "delete"]
     repository: str
     tag: str | None = None
-    digest: str | None = None
+    digest: Digest | None = None
     event_id: str
     media_type: str | None = None
 
@@ -87,16 +87,11 @@ class RegistryEvent(BaseModel):
     def _tag(cls, value: str | None) -> str | None:
         return None if value is None else _grammar(validate_tag, value)
 
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, value: str | None) -> str | None:
-        return None if value is None else _grammar(Digest, value)
-
 
 def _grammar(check: Callable[[str], str], value: str) -> str:
     # pydantic reports ValueError as a validation error; InvalidReferenceError is a ConfigError.
     try:
-        return str(check(value))
+        return check(value)
     except InvalidReferenceError as exc:
         raise ValueError(str(exc)) from None
 
@@ -118,7 +113,7 @@ class _Dropped(Exception):
 
 
 # (entry, its index) -> the event, or None when the entry is ignored
-_EntryReader = Callable[[object, int], "RegistryEvent | None"]
+_EntryReader = Callable[[object, int], RegistryEvent | None]
 
 
 def _load(body: bytes, sender: str) -> Any:
@@ -171,14 +166,16 @@ def _event(
     if repository is None:
         raise _Dropped("no repository")
     try:
-        return RegistryEvent(
-            source=source,
-            action=action,
-            repository=repository,
-            tag=tag,
-            digest=digest,
-            event_id=event_id,
-            media_type=media_type,
+        return RegistryEvent.model_validate(
+            {
+                "source": source,
+                "action": action,
+                "repository": repository,
+                "tag": tag,
+                "digest": digest,
+                "event_id": event_id,
+                "media_type": media_type,
+            }
         )
     except ValidationError as exc:
         raise _Dropped("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import os
 
+from deployments.processes import SERVER_TUNING
 from policies.home import regflow_home
-
-# The task-run recorder's defaults cost the server ~40 ms CPU per task run on the reference
-# machine; these batch sizes brought it to ~10 ms (measured, see DESIGN.md).
-SERVER_TUNING = {
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
-}
 
 
 def configure() -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from dataclasses import dataclass
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -20,13 +21,14 @@ from adapters.errors import ReplicationError, is_transient
 from flows import runtime
 from tasks.bandwidth import Bandwidth
 from tasks.blobs import BlobCopier
+from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import Resource, discover
-from tasks.load import load_policy, open_adapters
+from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
 from tasks.plan import Plan, make_plan
 from tasks.prepare import prepare
 from tasks.stop import StopSignal
-from tasks.summary import Execution, summarize
+from tasks.summary import Execution, summarize, summarize_deletions
 from tasks.transfer import transfer_repository
 
 # Repositories transferred at once in one run. Each transfer moves up to BLOB_CONCURRENCY blobs;
@@ -76,16 +78,23 @@ async def transfer(spec: TransferSpec) -> TransferResult:
 
 @flow(name="replicate", flow_run_name=runtime.run_name, persist_result=False, log_prints=False)
 async def replicate(policy: str, resources: list[Resource] | None = None, trigger: str = "manual",
-                    event_id: str | None = None) -> State:
-    """Returns a final state whose data is the Execution (callers awaiting the flow get it)."""
+                    event_id: str | None = None, operation: Literal["copy", "delete"] = "copy") -> State:
+    """Returns a final state whose data is the Execution (callers awaiting the flow get it).
+
+    ``resources`` narrows the run to what an event named; ``operation="delete"`` replicates a
+    deletion (only for policies with replicate_deletion)."""
     logger = get_run_logger()
     loaded = load_policy(policy)
+    trigger = runtime.effective_trigger(trigger)
     await runtime.label_run(policy, trigger, event_id)
     if loaded.policy.single_active_replication and (other := await runtime.active_run_of(policy)):
         refused = f"refused: execution {other} of policy {policy} is still running " \
                   "and single_active_replication is on"
         return await _final(summarize(policy, Plan(repositories=[]), {}, refused=refused), trigger,
                             event_id)
+
+    if operation == "delete":
+        return await _final(await _replicate_deletion(loaded, resources or []), trigger, event_id)
 
     stop = StopSignal()
     async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
@@ -99,6 +108,34 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
     execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "")
     execution.transfers = len(specs)
     return await _final(execution, trigger, event_id)
+
+
+@task(name="delete", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient,
+      cache_policy=NO_CACHE, persist_result=False)
+async def delete(spec: DeleteSpec) -> TransferResult:
+    result = await delete_manifest(_RUN.get().target, spec)
+    if result.status == "Failed":
+        context = TaskRunContext.get()
+        last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
+        raise TransferIncomplete(result, transient=result.retryable and not last_attempt)
+    return result
+
+
+async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -> Execution:
+    policy = loaded.policy
+    if not policy.replicate_deletion:
+        return summarize_deletions(policy.name, [])  # nothing to do: deletions stay on the source
+    async with open_adapters(loaded) as (source, target):
+        _RUN.set(_Run(source, target, BlobCopier(source.client, target.client)))
+        results = []
+        for spec in delete_specs(resources, policy, target):
+            state: State = await delete(spec, return_state=True)  # type: ignore[misc]
+            data = await state.aresult(raise_on_failure=False)
+            results.append(data.result if isinstance(data, TransferIncomplete) else data)
+    execution = summarize_deletions(policy.name, [r for r in results if isinstance(r, TransferResult)])
+    execution.transfers = len(results)
+    return execution
 
 
 async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],

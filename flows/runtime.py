@@ -5,8 +5,9 @@ concurrency slots, progress and the summary artifacts. Nothing here moves image 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from uuid import UUID
@@ -42,11 +43,24 @@ REGISTRY_HOST_SLOTS = 8
 
 _known_limits: set[str] = set()
 
+# A local observer of progress (the CLI's progress bar); runs started elsewhere have none.
+progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
+    "regflow_progress_listener", default=None)
+
+
+def effective_trigger(trigger: str) -> str:
+    """How this run was started: the caller says "event"; a schedule's runs carry Prefect's
+    ``auto-scheduled`` tag; anything else (UI, CLI, API) is manual."""
+    if trigger == "manual" and "auto-scheduled" in (flow_run.tags or []):
+        return "schedule"
+    return trigger
+
 
 def run_name() -> str:
     params = flow_run.parameters
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{params.get('policy', 'replicate')}-{params.get('trigger', 'manual')}-{stamp}"
+    trigger = effective_trigger(str(params.get("trigger", "manual")))
+    return f"{params.get('policy', 'replicate')}-{trigger}-{stamp}"
 
 
 def current_run_id() -> str | None:
@@ -63,7 +77,8 @@ async def label_run(policy: str, trigger: str, event_id: str | None) -> None:
     run_id = flow_run.id
     if not run_id:
         return
-    labels = {policy_tag(policy), f"trigger:{trigger}", *flow_run.tags}
+    kept = [t for t in flow_run.tags if not t.startswith("trigger:")]
+    labels = {policy_tag(policy), f"trigger:{trigger}", *kept}
     if event_id:
         labels.add(f"event:{event_id}")
     async with get_client() as client:
@@ -141,10 +156,15 @@ class Progress:
         self.done = 0
         self._artifact: UUID | None = None
         self._lock = asyncio.Lock()
+        self._listener = progress_listener.get()
+        if self._listener is not None:
+            self._listener(0, total)
 
     async def advance(self) -> None:
         async with self._lock:
             self.done += 1
+            if self._listener is not None:
+                self._listener(self.done, self.total)
             percent = 100.0 * self.done / self.total if self.total else 100.0
             description = f"{self.done} of {self.total} repositories transferred"
             if self._artifact is None:

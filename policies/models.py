@@ -60,28 +60,41 @@ class SecretSource(NamedTuple):
     name: str
 
 
+def _secret_form(value: SecretStr, info: ValidationInfo) -> SecretStr:
+    """A literal, ``${ENV_VAR}`` or ``prefect-secret:BLOCK_NAME``, and not empty."""
+    # Messages never repeat the text: it may be the secret itself.
+    field = info.field_name or "secret"
+    text = value.get_secret_value()
+    if not text:
+        raise ValueError(f"{field} is empty")
+    if text.startswith(ENV_PREFIX) and not _ENV_REF_RE.fullmatch(text):
+        raise ValueError(f"{field} starts with '${{' but is not a ${{ENV_VAR}} reference")
+    if text.startswith(PREFECT_SECRET_PREFIX) and not _BLOCK_NAME_RE.fullmatch(
+        text[len(PREFECT_SECRET_PREFIX) :]
+    ):
+        raise ValueError(f"{field}: a prefect-secret: reference needs a block name of a-z, 0-9 and '-'")
+    return value
+
+
+# A secret as written in a config file; resolved only where it is used (policies.secrets).
+SecretReference = Annotated[SecretStr, AfterValidator(_secret_form)]
+
+
+def secret_source(value: SecretStr) -> SecretSource:
+    """Where the secret written as ``value`` lives."""
+    text = value.get_secret_value()
+    env = _ENV_REF_RE.fullmatch(text)
+    if env:
+        return SecretSource("env", env.group(1))
+    if text.startswith(PREFECT_SECRET_PREFIX):
+        return SecretSource("prefect-secret", text[len(PREFECT_SECRET_PREFIX) :])
+    return SecretSource("literal", "")
+
+
 class Credential(_Model):
     type: Literal["basic", "oauth"] = "basic"
     access_key: str = ""
-    # A literal, ``${ENV_VAR}`` or ``prefect-secret:BLOCK_NAME``; resolved only where it is used.
-    access_secret: SecretStr
-
-    @field_validator("access_secret")
-    @classmethod
-    def _secret_form(cls, value: SecretStr) -> SecretStr:
-        # Messages never repeat the text: it may be the secret itself.
-        text = value.get_secret_value()
-        if not text:
-            raise ValueError("access_secret is empty")
-        if text.startswith(ENV_PREFIX) and not _ENV_REF_RE.fullmatch(text):
-            raise ValueError("access_secret starts with '${' but is not a ${ENV_VAR} reference")
-        if text.startswith(PREFECT_SECRET_PREFIX) and not _BLOCK_NAME_RE.fullmatch(
-            text[len(PREFECT_SECRET_PREFIX) :]
-        ):
-            raise ValueError(
-                "access_secret: a prefect-secret: reference needs a block name of a-z, 0-9 and '-'"
-            )
-        return value
+    access_secret: SecretReference
 
     @model_validator(mode="after")
     def _basic_needs_key(self) -> Self:
@@ -91,13 +104,23 @@ class Credential(_Model):
 
     @property
     def secret_source(self) -> SecretSource:
-        text = self.access_secret.get_secret_value()
-        env = _ENV_REF_RE.fullmatch(text)
-        if env:
-            return SecretSource("env", env.group(1))
-        if text.startswith(PREFECT_SECRET_PREFIX):
-            return SecretSource("prefect-secret", text[len(PREFECT_SECRET_PREFIX) :])
-        return SecretSource("literal", "")
+        return secret_source(self.access_secret)
+
+
+class WebhookSettings(_Model):
+    """How a registry's notifications reach regflow: the sender's payload kind, and its proof.
+
+    ``bearer``: the sender presents ``secret`` as a bearer token; ``hmac``: it signs the body
+    with it. The secret takes the same forms as a credential's ``access_secret``.
+    """
+
+    kind: Literal["distribution", "harbor", "dockerhub"] = "distribution"
+    auth: Literal["bearer", "hmac"] = "bearer"
+    secret: SecretReference
+
+    @property
+    def secret_source(self) -> SecretSource:
+        return secret_source(self.secret)
 
 
 class Registry(_Model):
@@ -107,6 +130,8 @@ class Registry(_Model):
     type: str
     url: str
     credential: Credential | None = None
+    # Set when the registry posts notifications that trigger event-based replication.
+    webhook: WebhookSettings | None = None
     insecure: bool = False
     # PEM text or a path to a PEM file; it wins over ``insecure``, as in Harbor.
     ca_certificate: str | None = None

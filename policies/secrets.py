@@ -1,4 +1,5 @@
-"""How a registry's ``access_secret`` is kept in the store, and turned back into the real secret.
+"""How a registry's secrets (its credential's ``access_secret``, its webhook's ``secret``) are kept in
+the store, and turned back into the real secret.
 
 The config file gives one of three forms; the store keeps:
 
@@ -84,7 +85,7 @@ def seal(secret: SecretStr) -> str:
         if _decrypt(fernet, text) is None:
             # Almost surely text sealed under another key, not a password that happens to look so.
             raise ConfigError(
-                f"access_secret is sealed text ({SEALED_PREFIX}...) that the key from {_key_origin()} "
+                f"the secret is sealed text ({SEALED_PREFIX}...) that the key from {_key_origin()} "
                 "cannot decrypt; write the secret itself or a reference",
                 field="access_secret",
             )

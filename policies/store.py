@@ -1,8 +1,9 @@
 """The store of registries and policies, as applied from config files: SQLite or PostgreSQL.
 
-Each row keeps a model's JSON with the registry secret in its sealed form (see policies.secrets),
-so nothing read from here ever holds a plaintext secret; ``Store.endpoint`` is the one place that
-resolves it, for the adapter that needs it.
+Each row keeps a model's JSON with the registry's secrets (its credential's ``access_secret`` and its
+webhook's ``secret``) in their sealed form (see policies.secrets), so nothing read from here ever
+holds a plaintext secret; ``Store.endpoint`` and ``Store.webhook`` are the only places that resolve
+them, for the code that needs them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import sqlmodel
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy import DateTime, Engine, Text, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -33,6 +34,8 @@ from policies.models import Config, Policy, Registry
 from policies.namespace import check_path_rule, replace_namespace
 
 PEM_MARK: Final = "-----BEGIN"
+# Where a registry's spec holds a secret: (section, field); each is sealed, compared and masked alike.
+SECRET_FIELDS: Final = (("credential", "access_secret"), ("webhook", "secret"))
 
 
 class _Table(SQLModel, registry=mapper_registry()):
@@ -68,6 +71,17 @@ class ApplyReport(BaseModel):
     @property
     def changed(self) -> bool:
         return bool(self.created or self.updated or self.deleted)
+
+
+class ResolvedWebhook(BaseModel):
+    """What the webhook receiver needs to check a registry's notifications, secret resolved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    registry: str
+    kind: Literal["distribution", "harbor", "dockerhub"]
+    auth: Literal["bearer", "hmac"]
+    secret: SecretStr
 
 
 class Store:
@@ -150,17 +164,25 @@ class Store:
         password: SecretStr | None = None
         if registry.credential is not None:
             username = registry.credential.access_key or None
-            try:
-                password = secrets.resolve(registry.credential.access_secret.get_secret_value())
-            except ConfigError as exc:
-                problem = f"registry {name!r}: {_bare(exc)}"
-                raise ConfigError(problem, field="credential.access_secret") from None
+            password = _resolve(registry.credential.access_secret, name, "credential.access_secret")
         return Endpoint(
             url=registry.url,
             username=username,
             password=password,
             insecure=registry.insecure,
             ca_certificate=_ca_text(registry.ca_certificate, name),
+        )
+
+    def webhook(self, name: str) -> ResolvedWebhook | None:
+        """How registry ``name`` authenticates its notifications, secret resolved; None if it sends none."""
+        settings = self.registry(name).webhook
+        if settings is None:
+            return None
+        return ResolvedWebhook(
+            registry=name,
+            kind=settings.kind,
+            auth=settings.auth,
+            secret=_resolve(settings.secret, name, "webhook.secret"),
         )
 
     @staticmethod
@@ -209,12 +231,12 @@ class Store:
 
 
 def public_view(item: Registry | Policy) -> dict[str, Any]:
-    """``item`` for display: the secret masked, and where it comes from instead."""
+    """``item`` for display: the secrets masked, and where each comes from instead."""
     data = item.model_dump(mode="json")
-    if isinstance(item, Registry) and item.credential is not None:
-        stored = item.credential.access_secret.get_secret_value()
-        data["credential"]["access_secret"] = secrets.MASK
-        data["credential"]["source"] = secrets.source_label(stored)
+    if isinstance(item, Registry):
+        for section, field, secret in _secrets_of(item):
+            data[section][field] = secrets.MASK
+            data[section]["source"] = secrets.source_label(secret.get_secret_value())
     return data
 
 
@@ -281,29 +303,40 @@ def _check_targets(policy: Policy, dest_type: str, field: str) -> None:
             raise ConfigError(_bare(exc), field=field) from None
 
 
+def _secrets_of(registry: Registry) -> Iterator[tuple[str, str, SecretStr]]:
+    """Each secret ``registry`` holds, as (section, field, secret)."""
+    for section, field in SECRET_FIELDS:
+        holder = getattr(registry, section)
+        if holder is not None:
+            yield section, field, getattr(holder, field)
+
+
 def _registry_spec(registry: Registry, old: RegistryRow | None, where: str) -> dict[str, Any]:
-    """The JSON to store: the model, with its secret sealed (reusing the old sealed text if equal)."""
+    """The JSON to store: the model, with its secrets sealed (reusing old sealed text where equal)."""
     spec = registry.model_dump(mode="json")
-    if registry.credential is None:
-        return spec
-    secret = registry.credential.access_secret
-    old_sealed = _sealed_secret(old)
-    if old_sealed is not None and secrets.matches(old_sealed, secret):
-        sealed = old_sealed
-    else:
-        try:
-            sealed = secrets.seal(secret)
-        except ConfigError as exc:
-            raise ConfigError(_bare(exc), field=f"{where}.credential.access_secret") from None
-    spec["credential"]["access_secret"] = sealed
+    if registry.webhook is None:
+        # Left out, as in rows stored before webhooks existed: re-applying those stays "unchanged".
+        del spec["webhook"]
+    old_spec = json.loads(old.spec) if old is not None else {}
+    for section, field, secret in _secrets_of(registry):
+        old_sealed = (old_spec.get(section) or {}).get(field)
+        if old_sealed is not None and secrets.matches(old_sealed, secret):
+            sealed = old_sealed
+        else:
+            try:
+                sealed = secrets.seal(secret)
+            except ConfigError as exc:
+                raise ConfigError(_bare(exc), field=f"{where}.{section}.{field}") from None
+        spec[section][field] = sealed
     return spec
 
 
-def _sealed_secret(row: RegistryRow | None) -> str | None:
-    if row is None:
-        return None
-    credential = json.loads(row.spec).get("credential")
-    return credential["access_secret"] if credential else None
+def _resolve(stored: SecretStr, registry: str, field: str) -> SecretStr:
+    """The real secret behind a stored one of ``registry``; errors name the registry and ``field``."""
+    try:
+        return secrets.resolve(stored.get_secret_value())
+    except ConfigError as exc:
+        raise ConfigError(f"registry {registry!r}: {_bare(exc)}", field=field) from None
 
 
 def _registries_of(row: PolicyRow) -> set[str]:

@@ -179,7 +179,13 @@ def _run_flow(policy: str, quiet: bool) -> Any:
     with _user_errors():
         if quiet:
             return asyncio.run(run())
-        with err.status(f"replicating {policy} ..."):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from flows.runtime import progress_listener
+        with Progress(TextColumn(f"replicating {policy}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("repositories"), TimeElapsedColumn(), console=err) as bar:
+            job = bar.add_task("transfer", total=None)
+            progress_listener.set(lambda done, total: bar.update(job, completed=done, total=total))
             return asyncio.run(run())
 
 
@@ -241,6 +247,36 @@ def executions(
     for r in records:
         table.add_row(r.name, r.policy, r.trigger, r.state, str(len(r.tasks)), r.message[:120])
     out.print(table)
+
+
+@app.command()
+def serve(
+    webhook_host: Annotated[str, typer.Option(help="address the webhook receiver binds")] = "127.0.0.1",
+    webhook_port: Annotated[int, typer.Option(help="port of the webhook receiver")] = 8787,
+    prefect_port: Annotated[int, typer.Option(help="port of the local Prefect server")] = 4200,
+) -> None:
+    """Serve every policy: deployments kept current, a worker running them, webhooks received.
+
+    Uses PREFECT_API_URL when set; otherwise starts and supervises a local Prefect server
+    (SQLite under REGFLOW_HOME, bound to 127.0.0.1) whose UI shows every execution."""
+    import os
+
+    from deployments.processes import LocalPrefectServer
+    from policies.home import regflow_home
+
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server = LocalPrefectServer(regflow_home() / "prefect-server", prefect_port)
+        err.print(f"starting a local Prefect server on {server.url} ...")
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url
+        err.print(f"Prefect UI: {server.url}")
+    try:
+        from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
+        asyncio.run(Service(webhook_host, webhook_port).run())
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> None:

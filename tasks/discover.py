@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from adapters import Adapter
 from adapters.errors import NotFoundError
+from adapters.oci import Digest
 from policies.filters import literal_names, select_repositories, select_tags
 from policies.models import Policy
 
@@ -22,10 +23,11 @@ LIST_CONCURRENCY = 8
 
 
 class Resource(BaseModel):
-    """One repository (and optionally one tag) an event or a user named."""
+    """One repository (and optionally one tag or digest) an event or a user named."""
 
     repository: str
     tag: str | None = None
+    digest: Digest | None = None
 
 
 class RepositoryTags(BaseModel):
@@ -35,15 +37,21 @@ class RepositoryTags(BaseModel):
 
 async def discover(source: Adapter, policy: Policy,
                    only: Sequence[Resource] | None = None) -> list[RepositoryTags]:
-    names = [r.repository for r in only] if only is not None else literal_names(policy.filters)
+    names = list(dict.fromkeys(r.repository for r in only)) if only is not None else \
+        literal_names(policy.filters)
     listed = [name async for name in source.list_repositories(names)]
     repositories = select_repositories(listed, policy.filters)
-    wanted_tags = {r.repository: r.tag for r in only or () if r.tag}
+    # Tags an event named, per repository; a resource without a tag means the whole repository.
+    whole = {r.repository for r in only or () if r.tag is None}
+    wanted_tags: dict[str, list[str]] = {}
+    for r in only or ():
+        if r.tag is not None and r.repository not in whole:
+            wanted_tags.setdefault(r.repository, []).append(r.tag)
     slots = asyncio.Semaphore(LIST_CONCURRENCY)
 
     async def tags_of(repository: str) -> RepositoryTags:
         if repository in wanted_tags:
-            tags = [wanted_tags[repository]]
+            tags = list(dict.fromkeys(wanted_tags[repository]))
         else:
             async with slots:
                 try:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from adapters.oci import Digest
 
-TagStatus = Literal["copied", "skipped", "failed", "stopped"]
+TagStatus = Literal["copied", "deleted", "skipped", "failed", "stopped"]
 TaskStatus = Literal["Succeeded", "Failed", "Stopped"]
 
 

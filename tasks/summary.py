@@ -22,6 +22,7 @@ class TaskSummary(BaseModel):
     status: TaskStatus
     tags: list[TagOutcome]
     copied: int
+    deleted: int = 0
     skipped: int
     failed: int
     bytes: int
@@ -55,6 +56,15 @@ def summarize(policy: str, plan: Plan, results: Mapping[str, TransferResult | Ba
     tasks = [_task(repo.source_repository, repo.target_repository, repo.error, repo.settled(),
                    results.get(repo.source_repository))
              for repo in plan.repositories]
+    return _execution(policy, tasks, stopped_reason, refused)
+
+
+def summarize_deletions(policy: str, results: list[TransferResult]) -> Execution:
+    tasks = [_task(r.source_repository, r.target_repository, "", [], r) for r in results]
+    return _execution(policy, tasks, "", "")
+
+
+def _execution(policy: str, tasks: list[TaskSummary], stopped_reason: str, refused: str) -> Execution:
     count = {s: sum(1 for t in tasks if t.status == s) for s in ("Succeeded", "Failed", "Stopped")}
     status: ExecutionStatus = "Succeeded"
     if refused or count["Failed"]:
@@ -84,16 +94,18 @@ def _task(source: str, target: str, plan_error: str, settled: list[TagOutcome],
         status = "Stopped"
     return TaskSummary(
         source=source, target=target, status=status, tags=tags, error=error, seconds=seconds,
-        copied=sum(t.status == "copied" for t in tags), skipped=sum(t.status == "skipped" for t in tags),
+        copied=sum(t.status == "copied" for t in tags), deleted=sum(t.status == "deleted" for t in tags),
+        skipped=sum(t.status == "skipped" for t in tags),
         failed=sum(t.status == "failed" for t in tags), bytes=sum(t.bytes for t in tags))
 
 
 def _message(tasks: list[TaskSummary], status: ExecutionStatus, stopped_reason: str) -> str:
     copied = sum(t.copied for t in tasks)
+    deleted = sum(t.deleted for t in tasks)
     skipped = sum(t.skipped for t in tasks)
     moved = sum(t.bytes for t in tasks)
     head = (f"{len(tasks)} repositories: {copied} tags copied ({human_bytes(moved)}), "
-            f"{skipped} skipped")
+            + (f"{deleted} deleted, " if deleted else "") + f"{skipped} skipped")
     if status == "Failed":
         failures = [t for t in tasks if t.status == "Failed"]
         named = "; ".join(f"{t.source}: {t.error}" for t in failures[:MESSAGE_FAILURES])

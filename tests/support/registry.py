@@ -136,6 +136,7 @@ class RegistryProcess:
         users: Mapping[str, str] | None = None,
         token_auth: TokenAuthConfig | None = None,
         notifications: str | Sequence[str] | None = None,
+        notification_headers: Mapping[str, str] | None = None,
         base_dir: str | Path | None = None,
         log_level: str = "info",
         startup_timeout: float = 20.0,
@@ -150,6 +151,7 @@ class RegistryProcess:
         self.users: dict[str, str] = dict(users or {})
         self.token_auth = token_auth
         self.token_service: TokenService | None = None  # set by the fixtures for mode="token"
+        self.notification_headers = dict(notification_headers or {})
         self.notifications: list[str] = (
             [notifications] if isinstance(notifications, str) else list(notifications or [])
         )
@@ -255,7 +257,8 @@ class RegistryProcess:
             cfg["notifications"] = {
                 "events": {"includereferences": True},
                 "endpoints": [
-                    {"name": f"testbed-{i}", "url": u, "timeout": "2s", "threshold": 5, "backoff": "1s"}
+                    {"name": f"testbed-{i}", "url": u, "timeout": "2s", "threshold": 5, "backoff": "1s",
+                     "headers": {k: [v] for k, v in self.notification_headers.items()}}
                     for i, u in enumerate(self.notifications)
                 ],
             }

@@ -15,6 +15,7 @@ from policies.models import (
     Registry,
     SecretSource,
     Trigger,
+    WebhookSettings,
     normalize_cron,
     parse_config,
 )
@@ -149,6 +150,81 @@ def test_unknown_credential_type() -> None:
     with pytest.raises(ValidationError) as info:
         Credential.model_validate({"type": "secret", "access_key": "a", "access_secret": "b"})
     assert error_fields(info) == ["type"]
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+def test_webhook_defaults_and_registry_without_webhook() -> None:
+    hook = WebhookSettings.model_validate({"secret": SECRET})
+    assert (hook.kind, hook.auth) == ("distribution", "bearer")
+    assert hook.secret.get_secret_value() == SECRET
+    assert Registry.model_validate(registry()).webhook is None
+
+
+@pytest.mark.parametrize(
+    ("secret", "source"),
+    [
+        (SECRET, SecretSource("literal", "")),
+        ("${HOOK_SECRET}", SecretSource("env", "HOOK_SECRET")),
+        ("prefect-secret:hook-secret", SecretSource("prefect-secret", "hook-secret")),
+        ("pa${ss", SecretSource("literal", "")),
+    ],
+)
+def test_webhook_secret_takes_the_credential_forms(secret: str, source: SecretSource) -> None:
+    reg = Registry.model_validate(registry(webhook={"kind": "harbor", "auth": "hmac", "secret": secret}))
+    assert reg.webhook is not None
+    assert (reg.webhook.kind, reg.webhook.auth) == ("harbor", "hmac")
+    assert reg.webhook.secret_source == source
+    assert reg.webhook.secret.get_secret_value() == secret
+
+
+@pytest.mark.parametrize(
+    ("secret", "phrase"),
+    [
+        ("", "secret is empty"),
+        ("${HOOK SECRET}", "not a ${ENV_VAR} reference"),
+        ("${HOOK_SECRET", "not a ${ENV_VAR} reference"),
+        ("prefect-secret:", "needs a block name"),
+        ("prefect-secret:Hook_Secret", "needs a block name"),
+    ],
+)
+def test_malformed_webhook_secrets(secret: str, phrase: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Registry.model_validate(registry(webhook={"secret": secret}))
+    assert error_fields(info) == ["webhook.secret"]
+    assert phrase in str(info.value)
+    assert "access_secret" not in str(info.value)
+    assert not secret or repr(secret) not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"kind": "quay", "secret": "x"}, "webhook.kind"),
+        ({"auth": "basic", "secret": "x"}, "webhook.auth"),
+        ({"kind": "harbor"}, "webhook.secret"),
+        ({"secret": "x", "token": "t"}, "webhook.token"),
+    ],
+)
+def test_bad_webhook_settings_name_the_field(data: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"version": 1, "registries": [registry(webhook=data)]})
+    assert info.value.field == f"registries[0].{field}"
+
+
+def test_webhook_secret_never_shows_in_repr_json_or_errors() -> None:
+    reg = Registry.model_validate(registry(webhook={"kind": "dockerhub", "secret": SECRET}))
+    for text in (repr(reg), str(reg), reg.model_dump_json(), json.dumps(reg.model_dump(mode="json"))):
+        assert SECRET not in text
+        assert "dockerhub" in text
+    bad = {"version": 1, "registries": [registry(webhook={"kind": "nope", "secret": SECRET})]}
+    with pytest.raises(ValidationError) as info:
+        Config.model_validate(bad)
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigError) as config_info:
+        parse_config(bad)
+    assert SECRET not in str(config_info.value)
 
 
 # --- registries --------------------------------------------------------------------------

@@ -32,3 +32,21 @@ def test_a_result_is_retryable_only_when_every_failure_is_transient():
     mixed = _result(transient=True)
     mixed.tags.append(TagOutcome(tag="2", status="failed", reason="y", transient=False))
     assert not mixed.retryable
+
+
+async def test_an_event_run_discovers_every_tag_it_names_and_no_other():
+    from policies.models import Policy
+    from tasks.discover import Resource, discover
+
+    class Source:
+        async def list_repositories(self, names):  # type: ignore[no-untyped-def]
+            for n in names:
+                yield n
+
+        async def list_tags(self, repository):  # type: ignore[no-untyped-def]
+            return ["a", "b", "c", "d"]
+
+    policy = Policy(name="p", src_registry="s", dest_registry="d", dest_namespace="m")
+    found = await discover(Source(), policy, [Resource(repository="x/app", tag=t) for t in ("b", "c", "b")]
+                           + [Resource(repository="y/app")])
+    assert {f.repository: f.tags for f in found} == {"x/app": ["b", "c"], "y/app": ["a", "b", "c", "d"]}

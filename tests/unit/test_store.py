@@ -18,9 +18,10 @@ from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
 from policies.config_file import load_config_file
 from policies.models import Config, Policy, parse_config
-from policies.store import ApplyReport, Store
+from policies.store import ApplyReport, ResolvedWebhook, Store
 
 SECRET = "s3cret-literal-Pa55word"
+WEBHOOK_SECRET = "w3bhook-literal-Sh4red-secret"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
 
@@ -31,6 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("REGFLOW_SECRET_KEY", raising=False)
     monkeypatch.delenv("REGFLOW_DATABASE_URL", raising=False)
     monkeypatch.setenv("DST_PASSWORD", "dst-env-password")
+    monkeypatch.setenv("DST_HOOK_SECRET", "dst-env-hook-secret")
     return home
 
 
@@ -54,6 +56,7 @@ def config_data(**changes: Any) -> dict[str, Any]:
                 "type": "docker-registry",
                 "url": "https://src.example:5000",
                 "credential": {"access_key": "puller", "access_secret": SECRET},
+                "webhook": {"kind": "harbor", "auth": "hmac", "secret": WEBHOOK_SECRET},
                 "ca_certificate": PEM,
             },
             {
@@ -160,23 +163,31 @@ def test_literal_secret_never_reaches_the_disk(store: Store, home: Path) -> None
     store.apply(config())
     data = config_data()
     data["registries"][0]["credential"]["access_secret"] = SECRET + "-rotated"
+    data["registries"][0]["webhook"]["secret"] = WEBHOOK_SECRET + "-rotated"
+    data["registries"][1]["webhook"] = {"secret": "${DST_HOOK_SECRET}"}
     store.apply(parse_config(data))
     store.registries()
     store.endpoint("src")
+    assert store.webhook("src") is not None
+    assert store.webhook("dst") is not None
     files = [p for p in home.rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"regflow.db", "secret.key"}
     for path in files:
         content = path.read_bytes()
         assert SECRET.encode() not in content, path
+        assert WEBHOOK_SECRET.encode() not in content, path
         assert b"dst-env-password" not in content, path
+        assert b"dst-env-hook-secret" not in content, path
 
 
 def test_secret_stays_out_of_reprs(store: Store) -> None:
     store.apply(config())
     shown = " ".join(
-        [repr(store.registries()), repr(store.endpoint("src")), str(store.public_view(store.registry("src")))]
+        [repr(store.registries()), repr(store.endpoint("src")), str(store.public_view(store.registry("src"))),
+         repr(store.webhook("src")), str(store.webhook("src"))]
     )
     assert SECRET not in shown
+    assert WEBHOOK_SECRET not in shown
     assert "dst-env-password" not in shown
 
 
@@ -318,6 +329,8 @@ def test_missing_names_are_config_errors(store: Store) -> None:
     for call in (store.registry, store.endpoint, store.delete_registry):
         with pytest.raises(ConfigError, match="no registry named 'nope'"):
             call("nope")
+    with pytest.raises(ConfigError, match="no registry named 'nope'"):
+        store.webhook("nope")
     for call in (store.policy, store.delete_policy):
         with pytest.raises(ConfigError, match="no policy named 'nope'"):
             call("nope")
@@ -393,8 +406,107 @@ def test_public_view_masks_the_secret_and_says_where_it_lives(
     assert views["dst"]["credential"]["source"] == "env:DST_PASSWORD"
     assert views["blocky"]["credential"]["source"] == "prefect-secret:blocky-password"
     assert views["dst"]["insecure"] is True
+    assert views["src"]["webhook"] == {
+        "kind": "harbor", "auth": "hmac", "secret": "********", "source": "encrypted"
+    }
+    assert views["dst"]["webhook"] is None
     policy_view = store.public_view(store.policy("mirror-team-a"))
     assert policy_view["filters"] == [{"type": "name", "value": "team-a/**", "decoration": "matches"}]
+
+
+# --------------------------------------------------------------------------------- webhooks
+def test_webhook_secret_is_sealed_and_resolved(store: Store, db_file: Path) -> None:
+    store.apply(config())
+    src = store.registry("src")
+    assert src.webhook is not None and src.credential is not None
+    sealed = src.webhook.secret.get_secret_value()
+    assert sealed.startswith("enc:v1:")
+    assert WEBHOOK_SECRET not in sealed
+    assert sealed != src.credential.access_secret.get_secret_value()
+    assert store.webhook("src") == ResolvedWebhook(
+        registry="src", kind="harbor", auth="hmac", secret=SecretStr(WEBHOOK_SECRET)
+    )
+    # A registry without a webhook has none, and its row does not even mention one.
+    assert store.webhook("dst") is None
+    assert all('"webhook"' not in spec for name, spec, *_ in rows(db_file)["registries"] if name == "dst")
+
+
+def test_webhook_secret_applies_back_unchanged_and_changes_are_updates(store: Store, db_file: Path) -> None:
+    store.apply(config())
+    before = rows(db_file)
+    exported = Config(version=1, registries=store.registries(), policies=store.policies())
+    assert sorted(store.apply(exported).unchanged) == sorted(ALL)
+    assert store.apply(config()) == ApplyReport(unchanged=ALL)
+    assert rows(db_file) == before
+    old_src = store.registry("src")
+    data = config_data()
+    data["registries"][0]["webhook"]["secret"] = "another-webhook-secret"
+    assert store.apply(parse_config(data)).updated == ["registry src"]
+    hook = store.webhook("src")
+    assert hook is not None and hook.secret == SecretStr("another-webhook-secret")
+    # Only the webhook secret was sealed again: the credential's sealed text was kept.
+    new_src = store.registry("src")
+    assert old_src.credential is not None and new_src.credential is not None
+    assert new_src.credential.access_secret == old_src.credential.access_secret
+    assert old_src.webhook is not None and new_src.webhook is not None
+    assert new_src.webhook.secret != old_src.webhook.secret
+
+
+def test_webhook_secret_by_reference(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = config_data()
+    data["registries"][1]["webhook"] = {"kind": "dockerhub", "secret": "${DST_HOOK_SECRET}"}
+    assert store.apply(parse_config(data)).updated == []
+    dst = store.registry("dst")
+    assert dst.webhook is not None
+    assert dst.webhook.secret.get_secret_value() == "${DST_HOOK_SECRET}"
+    assert store.webhook("dst") == ResolvedWebhook(
+        registry="dst", kind="dockerhub", auth="bearer", secret=SecretStr("dst-env-hook-secret")
+    )
+    assert store.public_view(dst)["webhook"]["source"] == "env:DST_HOOK_SECRET"
+    monkeypatch.delenv("DST_HOOK_SECRET")
+    message = "registry 'dst': environment variable DST_HOOK_SECRET is not set"
+    with pytest.raises(ConfigError, match=message) as info:
+        store.webhook("dst")
+    assert info.value.field == "webhook.secret"
+
+
+def test_adding_a_webhook_is_an_update(store: Store) -> None:
+    store.apply(config())
+    data = config_data()
+    data["registries"][1]["webhook"] = {"secret": "prefect-secret:dst-hook"}
+    assert store.apply(parse_config(data)).updated == ["registry dst"]
+    view = store.public_view(store.registry("dst"))
+    assert view["webhook"] == {
+        "kind": "distribution", "auth": "bearer", "secret": "********", "source": "prefect-secret:dst-hook"
+    }
+    del data["registries"][1]["webhook"]
+    assert store.apply(parse_config(data)).updated == ["registry dst"]
+    assert store.webhook("dst") is None
+
+
+def test_webhook_secret_after_a_key_change(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.apply(config())
+    monkeypatch.setenv("REGFLOW_SECRET_KEY", Fernet.generate_key().decode())
+    message = r"registry 'src': cannot decrypt .*REGFLOW_SECRET_KEY changed\?"
+    with pytest.raises(ConfigError, match=message) as info:
+        store.webhook("src")
+    assert info.value.field == "webhook.secret"
+    assert store.apply(config()).updated == ["registry src"]
+    hook = store.webhook("src")
+    assert hook is not None and hook.secret == SecretStr(WEBHOOK_SECRET)
+
+
+def test_a_webhook_secret_that_cannot_be_sealed_aborts_the_whole_apply(store: Store, db_file: Path) -> None:
+    store.apply(config())
+    before = rows(db_file)
+    foreign = "enc:v1:" + Fernet(Fernet.generate_key()).encrypt(b"x").decode()
+    data = config_data()
+    data["registries"][1]["url"] = "https://changed.example"
+    data["registries"][0]["webhook"]["secret"] = foreign
+    with pytest.raises(ConfigError, match="cannot decrypt") as info:
+        store.apply(parse_config(data))
+    assert info.value.field == "registries[0].webhook.secret"
+    assert rows(db_file) == before
 
 
 # ---------------------------------------------------------------------------------- the URL

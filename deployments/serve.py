@@ -1,0 +1,131 @@
+"""`regflow serve`: one process that keeps every policy's deployment current, runs them (a
+process worker on regflow's work pool) and turns registry webhooks into runs.
+
+Event runs are started directly with ``run_deployment`` (written down in docs/decisions.md):
+the receiver already knows the policy, so an automation would only add a hop and a delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from prefect.deployments import run_deployment
+
+from adapters.errors import ConfigError
+from adapters.oci import Digest
+from deployments.coalesce import COALESCE_WINDOW_SECONDS, Coalescer
+from deployments.events import RegistryEvent
+from deployments.matching import matching_policies
+from deployments.processes import Worker
+from deployments.receiver import WebhookSource, create_receiver
+from deployments.sync import WORK_POOL, spec_for, sync_deployments
+from policies.home import regflow_home
+from policies.store import Store
+from tasks.discover import Resource
+
+# How often the store is read for policy changes made with `regflow apply`.
+SYNC_SECONDS = 3.0
+# How often the worker is checked and restarted if it died.
+SUPERVISE_SECONDS = 2.0
+DEFAULT_WEBHOOK_PORT = 8787
+
+
+class Service:
+    def __init__(self, webhook_host: str, webhook_port: int, sync_seconds: float = SYNC_SECONDS) -> None:
+        self.webhook_host = webhook_host
+        self.webhook_port = webhook_port
+        self.sync_seconds = sync_seconds
+        self.coalescer = Coalescer(COALESCE_WINDOW_SECONDS, self._start_run)
+        self._fingerprint = ""
+        self.worker = Worker(WORK_POOL, dict(os.environ), regflow_home() / "logs" / "worker.log")
+        self._stopping = asyncio.Event()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def source(self, name: str) -> WebhookSource | None:
+        try:
+            hook = Store().webhook(name)
+        except ConfigError:
+            return None
+        if hook is None:
+            return None
+        return WebhookSource(name=name, kind=hook.kind, auth=hook.auth, secret=hook.secret)
+
+    async def submit(self, events: list[RegistryEvent]) -> int:
+        policies = Store().policies()
+        runs = 0
+        for event in events:
+            for policy in matching_policies(event, policies):
+                resource = Resource(repository=event.repository, tag=event.tag,
+                                    digest=Digest(event.digest) if event.digest else None)
+                await self.coalescer.add(policy.name, event.action, resource, event.event_id)
+                runs += 1
+        return runs
+
+    async def _start_run(self, policy: str, resources: list[Resource], action: str, event_id: str) -> None:
+        await run_deployment(  # type: ignore[misc]
+            name=f"replicate/{policy}", timeout=0, tags=[f"event:{event_id}"],
+            parameters={"policy": policy, "resources": [r.model_dump(mode="json") for r in resources],
+                        "trigger": "event", "event_id": event_id,
+                        "operation": "delete" if action == "delete" else "copy"})
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def keep_deployments_current(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(ConfigError):
+                policies = Store().policies()
+                fingerprint = hashlib.sha256(json.dumps(
+                    [spec_for(p).model_dump() for p in policies if p.enabled], sort_keys=True,
+                    default=str).encode()).hexdigest()
+                if fingerprint != self._fingerprint:
+                    report = await sync_deployments(policies)
+                    self._fingerprint = fingerprint
+                    print(f"deployments: applied {report.applied or '-'}, deleted {report.deleted or '-'}",
+                          flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.sync_seconds)
+
+    async def supervise_worker(self) -> None:
+        while not self._stopping.is_set():
+            if not self.worker.alive:
+                self.worker.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SUPERVISE_SECONDS)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        app = create_receiver(self.source, self.submit)
+        server = _Receiver(uvicorn.Config(app, host=self.webhook_host, port=self.webhook_port,
+                                          log_level="warning", lifespan="off"))
+        tasks = [asyncio.create_task(self.keep_deployments_current()),
+                 asyncio.create_task(self.supervise_worker()),
+                 asyncio.create_task(server.serve())]
+        print(f"webhooks on http://{self.webhook_host}:{self.webhook_port}/webhooks/<registry>", flush=True)
+        try:
+            await self._stopping.wait()
+        finally:
+            server.should_exit = True
+            await self.coalescer.drain()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.worker.stop()
+
+
+
+class _Receiver(uvicorn.Server):
+    """uvicorn without its own signal handling: the service decides when everything stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

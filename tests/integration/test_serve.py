@@ -1,0 +1,192 @@
+"""Issue 4 end to end: `regflow serve` against a real Prefect server, with real registries that
+post their notifications to regflow's webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+
+from tests.support.corpus import ImageKind
+from tests.support.endpoints import client_for
+from tests.support.prefect_server import PrefectServer
+from tests.support.registry import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HOOK_SECRET = "hook-secret-7b3c1d9e5f"
+CONFIG = """\
+version: 1
+registries:
+  - name: src
+    type: docker-registry
+    url: "{src}"
+    webhook: {{kind: distribution, auth: bearer, secret: "${{HOOK_SECRET}}"}}
+  - {{name: dst, type: docker-registry, url: "{dst}"}}
+policies:
+  - name: every5
+    src_registry: src
+    dest_registry: dst
+    filters: [{{type: name, value: "sched/**"}}]
+    trigger: {{type: scheduled, trigger_settings: {{interval_seconds: 5}}}}
+  - name: by-api
+    src_registry: src
+    dest_registry: dst
+    filters: [{{type: name, value: "api/**"}}]
+  - name: on-push
+    src_registry: src
+    dest_registry: dst
+    filters: [{{type: name, value: "ev/**"}}]
+    trigger: {{type: event_based}}
+    replicate_deletion: true
+  - name: on-push-keep
+    src_registry: src
+    dest_registry: dst
+    filters: [{{type: name, value: "keep/**"}}]
+    trigger: {{type: event_based}}
+    replicate_deletion: false
+"""
+
+
+async def until(predicate, seconds: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def serve(prefect_server: PrefectServer, make_registry, tmp_path: Path) -> Iterator[tuple]:
+    port = free_port()
+    src = make_registry("anonymous", notifications=f"http://127.0.0.1:{port}/webhooks/src",
+                        notification_headers={"Authorization": f"Bearer {HOOK_SECRET}"})
+    dst = make_registry("anonymous")
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(src=src.url, dst=dst.url))
+    env = prefect_server.env() | {"REGFLOW_HOME": str(tmp_path / "home"), "HOOK_SECRET": HOOK_SECRET}
+    cli = [sys.executable, "-m", "regflow_cli.main"]
+    subprocess.run([*cli, "apply", "-f", str(config)], env=env, check=True, capture_output=True)
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([*cli, "serve", "--webhook-port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield src, dst, port, prefect_server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        print((tmp_path / "serve.log").read_text()[-4000:])
+
+
+async def runs_of(server: PrefectServer, policy: str) -> list[FlowRun]:
+    async with server.client() as client:
+        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"policy:{policy}"])))
+
+
+async def test_schedules_api_runs_events_deletions_auth_and_bursts(serve, make_corpus):
+    src, dst, port, server = serve
+    corpus = make_corpus(src)
+    sched = corpus.push("sched/app", ["1"], ImageKind.OCI)
+    api = corpus.push("api/app", ["1"], ImageKind.DOCKER)
+
+    async with server.client() as client:
+        deployment = await until(lambda: _deployment(client, "replicate/by-api"), 90, "deployments")
+        assert deployment.work_pool_name == "regflow"
+        assert "policy:by-api" in deployment.tags
+        flow_run = await client.create_flow_run_from_deployment(deployment.id)
+
+    async with client_for(dst) as target:
+        async def has(repo: str, tag: str, digest: str | None = None) -> bool:
+            head = await target.head_manifest(repo, tag)
+            return head is not None and (digest is None or head.digest == digest)
+
+        # An interval policy fires on its own; an API-created run completes.
+        await until(lambda: has("sched/app", "1", sched.digest), 120, "the scheduled copy")
+        await until(lambda: has("api/app", "1", api.digest), 120, "the API-triggered copy")
+        async with server.client() as client:
+            assert await until(lambda: _completed(client, flow_run.id), 60, "API run completed")
+        scheduled = [r for r in await runs_of(server, "every5") if "trigger:schedule" in r.tags]
+        assert scheduled, "no run labelled as started by its schedule"
+
+        # A push reaches the target through the webhook, as an event-triggered run.
+        pushed_at = time.monotonic()
+        ev = corpus.push("ev/app", ["1"], ImageKind.OCI_INDEX)
+        await until(lambda: has("ev/app", "1", ev.digest), 30, "the event-driven copy")
+        assert time.monotonic() - pushed_at < 30
+        event_runs = [r for r in await runs_of(server, "on-push") if "trigger:event" in r.tags]
+        assert event_runs and any(t.startswith("event:") for t in event_runs[0].tags)
+
+        # Deletion replicates only where the policy says so.
+        keep = corpus.push("keep/app", ["1"], ImageKind.OCI)
+        await until(lambda: has("keep/app", "1", keep.digest), 30, "keep/app copied")
+        corpus.client.delete_manifest("ev/app", ev.digest)
+        corpus.client.delete_manifest("keep/app", keep.digest)
+        await until(lambda: _gone(target, "ev/app", "1"), 30, "ev/app deleted on the target")
+        await asyncio.sleep(5)
+        assert await has("keep/app", "1", keep.digest)
+
+        # Callers without the secret start nothing.
+        before = len(await runs_of(server, "on-push"))
+        envelope = b'{"events": [{"id": "x", "action": "push", "target": {"mediaType": ' \
+                   b'"application/vnd.oci.image.manifest.v1+json", "repository": "ev/app", "tag": "9", ' \
+                   b'"digest": "sha256:' + b"0" * 64 + b'"}}]}'
+        async with httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{port}/webhooks/src"
+            assert (await http.post(url, content=envelope)).status_code == 401
+            wrong = {"Authorization": "Bearer wrong-secret-000000"}
+            assert (await http.post(url, content=envelope, headers=wrong)).status_code == 401
+            signed = {"X-Regflow-Signature": "sha256=" + "0" * 64}
+            assert (await http.post(url, content=envelope, headers=signed)).status_code == 401
+        await asyncio.sleep(4)
+        assert len(await runs_of(server, "on-push")) == before
+
+        # A burst of 20 pushes to one repository: at most 2 runs, every tag arrives.
+        before = len(await runs_of(server, "on-push"))
+        for i in range(20):
+            corpus.push("ev/burst", [f"t{i}"], ImageKind.OCI, created=i)
+        await until(lambda: _all_tags(target, "ev/burst", 20), 60, "all 20 burst tags")
+        await asyncio.sleep(3)
+        assert len(await runs_of(server, "on-push")) - before <= 2
+
+
+async def _deployment(client, name: str):  # type: ignore[no-untyped-def]
+    try:
+        return await client.read_deployment_by_name(name)
+    except Exception:
+        return None
+
+
+async def _completed(client, run_id) -> bool:  # type: ignore[no-untyped-def]
+    run = await client.read_flow_run(run_id)
+    return run.state is not None and run.state.is_completed()
+
+
+async def _gone(target, repo: str, tag: str) -> bool:  # type: ignore[no-untyped-def]
+    return await target.head_manifest(repo, tag) is None
+
+
+async def _all_tags(target, repo: str, n: int) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return len(await target.list_tags(repo)) >= n
+    except Exception:
+        return False
+
+
