@@ -140,7 +140,8 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
 
 async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],
                         stop: StopSignal, speed: int) -> dict[str, TransferResult | BaseException]:
-    blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop))
+    blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop),
+                       mount_probe=target.info.supports_mount)
     _RUN.set(_Run(source, target, blobs))
     if specs:
         await runtime.ensure_registry_limits(source.client.host, target.client.host)

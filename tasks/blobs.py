@@ -2,9 +2,10 @@
 
     already linked in this run → nothing
     known on the target in another repository (this run) → cross-repo mount (1 request)
-    HEAD on the target repository says it is there → nothing more
     same registry on both sides → mount from the source repository
-    otherwise stream GET → PUT, sha256 checked on the way (chunked PATCH for big blobs)
+    otherwise a mount "from" the target repository itself: 201 = already there, 202 = the
+    upload session to use (registries without mount: a HEAD first instead)
+    then stream GET → PUT, sha256 checked on the way (chunked PATCH for big blobs)
 
 One ``BlobCopier`` serves a whole run: each digest is uploaded once however many repositories
 and tags share it, and a failed upload is forgotten so a later attempt can try again.
@@ -49,12 +50,14 @@ class BlobCopier:
         stop: StopSignal | None = None,
         bandwidth: Bandwidth | None = None,
         concurrency: int = BLOB_CONCURRENCY,
+        mount_probe: bool = True,
         chunked_threshold: int = CHUNKED_UPLOAD_THRESHOLD_BYTES,
     ) -> None:
         self.source = source
         self.target = target
         self.stop = stop or StopSignal()
         self.bandwidth = bandwidth or Bandwidth(-1)
+        self.mount_probe = mount_probe
         self.chunked_threshold = chunked_threshold
         self._slots = asyncio.Semaphore(concurrency)
         self._linked: set[tuple[str, str]] = set()
@@ -83,20 +86,21 @@ class BlobCopier:
     async def _place(self, source_repo: str, target_repo: str, blob: Descriptor, *, chunked: bool) -> int:
         digest = blob.digest
         location: str | None = None
-        home = self._home.get(digest)
-        if home is not None and home != target_repo:
-            location = await self.target.start_upload(target_repo, mount=digest, mount_from=home)
+        mount_from = self._home.get(digest)
+        if mount_from is None and self.source.host == self.target.host and source_repo != target_repo:
+            mount_from = source_repo  # same registry: a server-side link, no bytes moved
+        if mount_from is None and self.mount_probe:
+            # Mounting from the target repository itself answers 201 when it already holds the
+            # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
+            mount_from = target_repo
+        if mount_from is not None:
+            location = await self.target.start_upload(target_repo, mount=digest, mount_from=mount_from)
             if location is None:
                 self._link(target_repo, digest)
                 return 0
         elif await self.target.blob_exists(target_repo, digest) is not None:
             self._link(target_repo, digest)
             return 0
-        elif self.source.host == self.target.host and source_repo != target_repo:
-            location = await self.target.start_upload(target_repo, mount=digest, mount_from=source_repo)
-            if location is None:
-                self._link(target_repo, digest)
-                return 0
 
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._uploads.setdefault(digest, done)
