@@ -8,6 +8,7 @@
     │   ├── ManifestTooLargeError         a manifest over MAX_MANIFEST_BYTES
     │   └── UnsupportedMediaTypeError     a manifest kind we do not copy (e.g. schema1)
     ├── TransportError                    connection refused/reset, read timeout (transient)
+    ├── UploadSessionLost                 the registry dropped an interrupted upload (transient)
     ├── CancelledReplication              the execution was stopped by the user
     └── RegistryError                     an HTTP answer we cannot go on from
         ├── AuthenticationError           401: credentials missing or refused
@@ -72,6 +73,15 @@ class UnsupportedMediaTypeError(ContentError):
 
 class TransportError(ReplicationError):
     """The connection failed before an HTTP answer (refused, reset, timed out)."""
+
+    transient = True
+
+
+class UploadSessionLost(ReplicationError):
+    """The registry no longer knows an interrupted upload session: the blob starts over in a
+    new one. distribution 2.8 answers 404 BLOB_UPLOAD_INVALID and cancels the session whenever
+    the bytes it holds differ from the offset signed into the upload URL, which is the case
+    after any PATCH broken mid-body; distribution 3 reports its Range instead (exact resume)."""
 
     transient = True
 

@@ -70,15 +70,17 @@ class LocalPrefectServer(Supervised):
     """`prefect server start` on loopback with its SQLite database under ``home``."""
 
     def __init__(self, home: Path, port: int = DEFAULT_SERVER_PORT) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(SERVER_TUNING, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   DO_NOT_TRACK="1")
-        super().__init__([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(port)], env, home / "server.log")
         self.home = home
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.api_url = f"{self.url}/api"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        # `--port` moves only the listener: the UI would still call the API on the default
+        # 127.0.0.1:4200 unless told where it is.
+        env.update(SERVER_TUNING, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   PREFECT_UI_API_URL=self.api_url, DO_NOT_TRACK="1")
+        super().__init__([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                          "--port", str(port)], env, home / "server.log")
 
     def start(self) -> None:
         super().start()

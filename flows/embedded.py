@@ -21,6 +21,9 @@ def configure() -> bool:
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # A first start migrates a new database: 15-20 s on a quiet 2-core machine, more when busy,
+    # and Prefect's own 20 s default then fails the run before it begins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for key, value in SERVER_TUNING.items():
         os.environ.setdefault(key, value)
     return True

@@ -19,17 +19,19 @@ from prefect.tasks import exponential_backoff
 from adapters import Adapter
 from adapters.errors import ReplicationError, is_transient
 from flows import runtime
+from policies.models import Policy
 from tasks.bandwidth import Bandwidth
 from tasks.blobs import BlobCopier
 from tasks.delete import DeleteSpec, delete_manifest, delete_specs
-from tasks.discover import Resource, discover
+from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
 from tasks.plan import Plan, make_plan
 from tasks.prepare import prepare
 from tasks.stop import StopSignal
-from tasks.summary import Execution, summarize, summarize_deletions
+from tasks.summary import MESSAGE_FAILURES, Execution, summarize, summarize_deletions
 from tasks.transfer import transfer_repository
+from tasks.verify import VerifyReport, verify_policy
 
 # Repositories transferred at once in one run. Each transfer moves up to BLOB_CONCURRENCY blobs;
 # on the 2-core reference machine the registries saturate at about this many streams.
@@ -105,7 +107,9 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
         await prepare(target, plan)
         specs = plan.specs(loaded.policy)
         results = await _transfer_all(source, target, specs, stop, loaded.policy.speed)
-    execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "")
+        verified = await _verify(source, target, loaded.policy, found, stop)
+    execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "",
+                          verify=verified)
     execution.transfers = len(specs)
     return await _final(execution, trigger, event_id)
 
@@ -164,6 +168,20 @@ async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSp
     # asyncio.gather over direct task calls: Prefect's .map of async tasks costs ~10x per task.
     done = await asyncio.gather(*(one(s) for s in specs))
     return {spec.source_repository: result for spec, result in zip(specs, done, strict=True)}
+
+
+async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
+                  stop: StopSignal) -> VerifyReport | None:
+    """Last step when the policy asks for it: does the target hold, whole, every tag this run
+    covered? Skipped for a stopped run, which left work undone on purpose."""
+    if not policy.verify or stop.is_set:
+        return None
+    try:
+        report = await verify_policy(source, target, policy, found=found)
+    except ReplicationError as exc:
+        report = VerifyReport(ok=False, checked_tags=0, checked_blobs=0, error=f"{type(exc).__name__}: {exc}")
+    get_run_logger().info("verify: %s", report.summary(MESSAGE_FAILURES))  # all of them: the Execution
+    return report
 
 
 async def _final(execution: Execution, trigger: str, event_id: str | None) -> State:

@@ -316,6 +316,9 @@ class Policy(_Model):
     speed: int = -1
     copy_by_chunk: bool = False
     single_active_replication: bool = False
+    # After copying, check that the target holds every selected tag whole (tasks/verify.py); a
+    # tag or blob found missing fails the execution.
+    verify: bool = False
 
     @field_validator("src_registry", "dest_registry")
     @classmethod

@@ -1,7 +1,8 @@
 """The ``regflow`` command.
 
-Exit codes: 0 done (execution Succeeded), 1 the execution Failed or was Stopped, 2 bad input
-(config, names, arguments): nothing was changed.
+Exit codes: 0 done (execution Succeeded, verification found nothing wrong), 1 the execution
+Failed or was Stopped (verification found problems or could not finish), 2 bad input (config,
+names, arguments): nothing was changed.
 
 Prefect is imported only by the commands that run or read executions: ``apply`` and the
 listings answer without starting a server.
@@ -230,6 +231,49 @@ def _print_execution(execution: Any) -> None:
 
 
 @app.command()
+def verify(
+    policy: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """Check that the target holds every tag the policy selects, whole: the same digest, every
+    child manifest and every blob. Reads only; no Prefect."""
+    from tasks.load import load_policy, open_adapters
+    from tasks.verify import verify_policy
+
+    with _user_errors():
+        loaded = load_policy(policy)
+
+    async def check() -> Any:
+        async with open_adapters(loaded) as (source, target):
+            return await verify_policy(source, target, loaded.policy)
+
+    with _user_errors():
+        try:
+            report = asyncio.run(check())
+        except ConfigError:
+            raise
+        except ReplicationError as exc:
+            _fail(f"verification of {policy} could not finish: {type(exc).__name__}: {exc}", EXIT_FAILED)
+    if as_json:
+        print(report.model_dump_json())
+    elif report.problems:
+        table = Table("repository", "target", "tag", "problem", "detail")
+        for p in report.problems:
+            table.add_row(p.repository, p.target or "-", p.tag, p.kind, p.detail)
+        out.print(table)
+    if not as_json:
+        colour = "green" if report.ok else "red"
+        out.print(f"[{colour}]{'OK' if report.ok else 'FAILED'}[/{colour}]: "
+                  f"{report.summary(0) if report.ok else _problem_count(report)}", highlight=False)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def _problem_count(report: Any) -> str:
+    return (f"{len(report.problems)} problem(s) in {report.checked_tags} tags and "
+            f"{report.checked_blobs} blobs checked")
+
+
+@app.command()
 def executions(
     policy: Annotated[str | None, typer.Argument()] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -260,22 +304,30 @@ def serve(
     Uses PREFECT_API_URL when set; otherwise starts and supervises a local Prefect server
     (SQLite under REGFLOW_HOME, bound to 127.0.0.1) whose UI shows every execution."""
     import os
+    import signal
 
     from deployments.processes import LocalPrefectServer
     from policies.home import regflow_home
 
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # Until the service's loop takes over SIGTERM, it must still unwind through `finally`: the
+    # server runs in a session of its own and would outlive us.
+    signal.signal(signal.SIGTERM, terminate)
     server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        server = LocalPrefectServer(regflow_home() / "prefect-server", prefect_port)
-        err.print(f"starting a local Prefect server on {server.url} ...")
-        server.start()
-        os.environ["PREFECT_API_URL"] = server.api_url
-        err.print(f"Prefect UI: {server.url}")
     try:
+        if not os.environ.get("PREFECT_API_URL"):
+            server = LocalPrefectServer(regflow_home() / "prefect-server", prefect_port)
+            err.print(f"starting a local Prefect server on {server.url} ...")
+            server.start()
+            os.environ["PREFECT_API_URL"] = server.api_url
+            err.print(f"Prefect UI: {server.url}")
         from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
         asyncio.run(Service(webhook_host, webhook_port).run())
     finally:
         if server is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut stop() short
             server.stop()
 
 

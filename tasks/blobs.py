@@ -17,11 +17,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
-from adapters.distribution.client import DistributionClient
-from adapters.errors import ContentError, DigestMismatchError, RateLimitedError, ReplicationError
-from adapters.oci import Descriptor, Digest, DigestVerifier
+from adapters.distribution.client import DistributionClient, UploadStatus
+from adapters.errors import (
+    ContentError,
+    DigestMismatchError,
+    NotFoundError,
+    RateLimitedError,
+    ReplicationError,
+    UploadSessionLost,
+)
+from adapters.oci import Descriptor, Digest, DigestVerifier, Manifest
 from tasks.bandwidth import Bandwidth
 from tasks.stop import StopSignal
 
@@ -39,6 +47,8 @@ BLOB_ATTEMPTS = 3
 BACKOFF_BASE_SECONDS = 0.5
 # A Retry-After longer than this fails the blob; the task-level retry takes over.
 MAX_RETRY_AFTER_SECONDS = 120.0
+
+T = TypeVar("T")
 
 
 class BlobCopier:
@@ -93,12 +103,16 @@ class BlobCopier:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
             mount_from = target_repo
+        # The first request (mount or HEAD) is retried like the upload: it is where a busy
+        # registry's 429 or 503 lands first.
         if mount_from is not None:
-            location = await self.target.start_upload(target_repo, mount=digest, mount_from=mount_from)
+            source_of_mount = mount_from
+            location = await self._retrying(lambda: self.target.start_upload(
+                target_repo, mount=digest, mount_from=source_of_mount))
             if location is None:
                 self._link(target_repo, digest)
                 return 0
-        elif await self.target.blob_exists(target_repo, digest) is not None:
+        elif await self._retrying(lambda: self.target.blob_exists(target_repo, digest)) is not None:
             self._link(target_repo, digest)
             return 0
 
@@ -120,6 +134,24 @@ class BlobCopier:
         self.bytes_uploaded += sent
         return sent
 
+    async def put_manifest(self, target_repo: str, ref: str, manifest: Manifest) -> Digest:
+        """Push a manifest, retried like a blob's requests: the same bytes under the same
+        reference, so a second PUT after a 429, a 5xx or a reset does no harm."""
+        self.stop.check()
+        return await self._retrying(lambda: self.target.put_manifest(target_repo, ref, manifest))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One idempotent request, tried up to BLOB_ATTEMPTS times while its failures are
+        transient, honouring Retry-After."""
+        for attempt in range(1, BLOB_ATTEMPTS + 1):
+            try:
+                return await call()
+            except ReplicationError as exc:
+                if not exc.transient or attempt == BLOB_ATTEMPTS:
+                    raise
+                await self._pause(exc, attempt)
+        raise AssertionError("unreachable")
+
     def _link(self, target_repo: str, digest: Digest) -> None:
         self._linked.add((target_repo, digest))
         self._home.setdefault(digest, target_repo)
@@ -139,12 +171,21 @@ class BlobCopier:
             except ReplicationError as exc:
                 if not exc.transient or attempt == BLOB_ATTEMPTS:
                     raise
-                await self._pause(exc, attempt)
+                lost = isinstance(exc, UploadSessionLost)
+                if not lost:  # a lost session was found after a pause already
+                    await self._pause(exc, attempt)
                 # A broken monolithic PUT leaves nothing to resume; a chunked session may.
-                resume = chunked
-                if not chunked:
+                resume = chunked and not lost
+                if not resume:
                     location = None
         raise AssertionError("unreachable")
+
+    async def _status(self, target_repo: str, location: str) -> UploadStatus:
+        """Where an interrupted session stands, or UploadSessionLost when it is gone."""
+        try:
+            return await self.target.upload_status(target_repo, location)
+        except NotFoundError as exc:
+            raise UploadSessionLost(f"upload session lost: {exc}") from exc
 
     async def _pause(self, exc: ReplicationError, attempt: int) -> None:
         delay = BACKOFF_BASE_SECONDS * 2 ** (attempt - 1) * (1 + random.random() / 2)
@@ -172,7 +213,7 @@ class BlobCopier:
         hasher = hashlib.new(blob.digest.algorithm)
         offset = 0
         if resume:
-            status = await self.target.upload_status(target_repo, location)
+            status = await self._status(target_repo, location)
             location = status.location
             offset = await self._hash_range(source_repo, blob.digest, 0, status.offset, hasher)
         sent = 0
@@ -194,7 +235,7 @@ class BlobCopier:
                     raise
                 await self._pause(exc, attempt)
                 attempt += 1
-                status = await self.target.upload_status(target_repo, location)
+                status = await self._status(target_repo, location)
                 if status.offset < patch_start:
                     raise  # the registry lost bytes it had acknowledged: start over
                 location, hasher = status.location, checkpoint

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from tasks.models import TagOutcome, TaskStatus, TransferResult
 from tasks.plan import Plan
+from tasks.verify import VerifyReport
 
 ExecutionStatus = Literal["Succeeded", "Failed", "Stopped", "InProgress"]
 # The status message names at most this many failures; the table artifact has all of them.
@@ -45,6 +46,7 @@ class Execution(BaseModel):
     event_id: str | None = None
     flow_run_id: str | None = None
     tasks: list[TaskSummary] = []
+    verify: VerifyReport | None = None  # the policy's verification step, when it ran
 
     def public(self) -> dict[str, object]:
         """The CLI's ``--json`` object."""
@@ -52,11 +54,11 @@ class Execution(BaseModel):
 
 
 def summarize(policy: str, plan: Plan, results: Mapping[str, TransferResult | BaseException], *,
-              stopped_reason: str = "", refused: str = "") -> Execution:
+              stopped_reason: str = "", refused: str = "", verify: VerifyReport | None = None) -> Execution:
     tasks = [_task(repo.source_repository, repo.target_repository, repo.error, repo.settled(),
                    results.get(repo.source_repository))
              for repo in plan.repositories]
-    return _execution(policy, tasks, stopped_reason, refused)
+    return _execution(policy, tasks, stopped_reason, refused, verify)
 
 
 def summarize_deletions(policy: str, results: list[TransferResult]) -> Execution:
@@ -64,16 +66,22 @@ def summarize_deletions(policy: str, results: list[TransferResult]) -> Execution
     return _execution(policy, tasks, "", "")
 
 
-def _execution(policy: str, tasks: list[TaskSummary], stopped_reason: str, refused: str) -> Execution:
+def _execution(policy: str, tasks: list[TaskSummary], stopped_reason: str, refused: str,
+               verify: VerifyReport | None = None) -> Execution:
     count = {s: sum(1 for t in tasks if t.status == s) for s in ("Succeeded", "Failed", "Stopped")}
     status: ExecutionStatus = "Succeeded"
-    if refused or count["Failed"]:
+    if refused or count["Failed"] or (verify is not None and not verify.ok):
         status = "Failed"
     elif count["Stopped"] or stopped_reason:
         status = "Stopped"
+    message = refused or _message(tasks, status, stopped_reason)
+    if verify is not None:
+        # A failed verification leads the message: the transfers alone said all was well.
+        message = f"{message}. {verify.summary(MESSAGE_FAILURES)}" if verify.ok else \
+            f"{verify.summary(MESSAGE_FAILURES)}. {message}"
     return Execution(policy=policy, status=status, total=len(tasks), succeed=count["Succeeded"],
                      failed=count["Failed"], stopped=count["Stopped"], bytes=sum(t.bytes for t in tasks),
-                     tasks=tasks, message=refused or _message(tasks, status, stopped_reason))
+                     tasks=tasks, message=message, verify=verify)
 
 
 def _task(source: str, target: str, plan_error: str, settled: list[TagOutcome],
@@ -106,7 +114,7 @@ def _message(tasks: list[TaskSummary], status: ExecutionStatus, stopped_reason: 
     moved = sum(t.bytes for t in tasks)
     head = (f"{len(tasks)} repositories: {copied} tags copied ({human_bytes(moved)}), "
             + (f"{deleted} deleted, " if deleted else "") + f"{skipped} skipped")
-    if status == "Failed":
+    if status == "Failed" and any(t.status == "Failed" for t in tasks):
         failures = [t for t in tasks if t.status == "Failed"]
         named = "; ".join(f"{t.source}: {t.error}" for t in failures[:MESSAGE_FAILURES])
         more = f" (+{len(failures) - MESSAGE_FAILURES} more)" if len(failures) > MESSAGE_FAILURES else ""

@@ -76,7 +76,7 @@ class _RepositoryCopy:
                 manifest = await self.source.get_manifest(self.src_repo, digest)
             sent = await self._copy_contents(manifest, depth=0)
             self.blobs.stop.check()
-            await self.target.put_manifest(self.dst_repo, plan.tag, manifest)
+            await self.blobs.put_manifest(self.dst_repo, plan.tag, manifest)
             self._present.add(manifest.digest)
         except CancelledReplication as exc:
             return TagOutcome(tag=plan.tag, digest=digest, status="stopped", reason=str(exc))
@@ -117,6 +117,6 @@ class _RepositoryCopy:
                                f"the index says {child.size}")
         sent = await self._copy_contents(manifest, depth)
         self.blobs.stop.check()
-        await self.target.put_manifest(self.dst_repo, child.digest, manifest)
+        await self.blobs.put_manifest(self.dst_repo, child.digest, manifest)
         self._present.add(child.digest)
         return sent

@@ -7,8 +7,10 @@ scope is used), so callers can count and minimise them.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -23,6 +25,7 @@ from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     AuthenticationError,
+    ConfigError,
     ContentError,
     DigestMismatchError,
     ManifestTooLargeError,
@@ -50,6 +53,9 @@ MAX_ERROR_BODY_BYTES = 16 * 1024
 ERROR_DETAIL_CHARS = 300
 # Blob bytes are moved in pieces of this size: memory per stream stays flat.
 STREAM_CHUNK_BYTES = 1024 * 1024
+# A 429's Retry-After holds every request to the registry, not only the refused one (the other
+# streams would be refused too), for at most this long.
+MAX_HOLD_SECONDS = 120.0
 
 USER_AGENT = "regflow/0.1"
 # Blobs and manifests are read raw and hashed: a proxy that compressed them would break both.
@@ -121,6 +127,7 @@ class DistributionClient:
             headers=DEFAULT_HEADERS,
         )
         self.requests_made = 0
+        self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
 
     def __repr__(self) -> str:
         return f"DistributionClient({self.endpoint.url!r})"
@@ -159,6 +166,7 @@ class DistributionClient:
         stream: bool = False,
         **kw: Any,
     ) -> httpx.Response:
+        await self._hold()
         request = self._http.build_request(method, url, extensions={SCOPES_EXTENSION: scopes}, **kw)
         self.requests_made += 1
         with _transport_errors(method, url if "://" in url else f"//{self.host}{url}"):
@@ -166,12 +174,24 @@ class DistributionClient:
             response = await self._http.send(request, stream=True)
             if response.status_code not in ok:
                 try:
-                    raise await _error_from(response)
+                    error = await _error_from(response)
+                    if isinstance(error, RateLimitedError) and error.retry_after:
+                        self._hold_until = max(self._hold_until, time.monotonic() + min(
+                            error.retry_after, MAX_HOLD_SECONDS))
+                    raise error
                 finally:
                     await response.aclose()
             if not stream:
                 await response.aread()
         return response
+
+    async def _hold(self) -> None:
+        """Wait out a registry's Retry-After before any further request to it."""
+        for _ in range(1000):  # bounded: each round sleeps until the deadline it read
+            wait = self._hold_until - time.monotonic()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     # -- base ------------------------------------------------------------------------------
 
@@ -363,10 +383,24 @@ class DistributionClient:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+
+
 def _tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
-    if endpoint.ca_certificate:
-        return ssl.create_default_context(cadata=endpoint.ca_certificate)
-    return not endpoint.insecure
+    """The registry's own CA bundle when it has one (it wins over ``insecure``, as in Harbor,
+    and replaces the system's CAs), else the system's CAs unless ``insecure``."""
+    if not endpoint.ca_certificate:
+        return not endpoint.insecure
+    # Only the certificate blocks: bundles carry comments (often non-ASCII issuer names) that
+    # OpenSSL's cadata refuses. A bundle it cannot use is the user's input to fix, not a crash.
+    blocks = _PEM_CERTIFICATE.findall(endpoint.ca_certificate)
+    if not blocks:
+        raise ConfigError("holds no PEM certificate (-----BEGIN CERTIFICATE----- block)",
+                          field="ca_certificate")
+    try:
+        return ssl.create_default_context(cadata="\n".join(blocks) + "\n")
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"not a valid PEM CA bundle: {exc}"[:300], field="ca_certificate") from None
 
 
 def _with_digest(location: str, digest: Digest) -> str:

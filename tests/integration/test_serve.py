@@ -83,7 +83,7 @@ def serve(prefect_server: PrefectServer, make_registry, tmp_path: Path) -> Itera
     proc = subprocess.Popen([*cli, "serve", "--webhook-port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield src, dst, port, prefect_server
+        yield src, dst, port, prefect_server, (config, env)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -102,7 +102,7 @@ async def runs_of(server: PrefectServer, policy: str) -> list[FlowRun]:
 
 
 async def test_schedules_api_runs_events_deletions_auth_and_bursts(serve, make_corpus):
-    src, dst, port, server = serve
+    src, dst, port, server, serve_apply = serve
     corpus = make_corpus(src)
     sched = corpus.push("sched/app", ["1"], ImageKind.OCI)
     api = corpus.push("api/app", ["1"], ImageKind.DOCKER)
@@ -125,6 +125,15 @@ async def test_schedules_api_runs_events_deletions_auth_and_bursts(serve, make_c
             assert await until(lambda: _completed(client, flow_run.id), 60, "API run completed")
         scheduled = [r for r in await runs_of(server, "every5") if "trigger:schedule" in r.tags]
         assert scheduled, "no run labelled as started by its schedule"
+
+        # A policy disabled with `regflow apply` loses its deployment; serve keeps going.
+        config, env = serve_apply
+        disabled = config.read_text().replace("  - name: every5", "  - name: every5\n    enabled: false")
+        config.write_text(disabled)
+        subprocess.run([sys.executable, "-m", "regflow_cli.main", "apply", "-f", str(config)], env=env,
+                       check=True, capture_output=True)
+        async with server.client() as client:
+            await until(lambda: _no_deployment(client, "replicate/every5"), 30, "every5's deployment gone")
 
         # A push reaches the target through the webhook, as an event-triggered run.
         pushed_at = time.monotonic()
@@ -172,6 +181,10 @@ async def _deployment(client, name: str):  # type: ignore[no-untyped-def]
         return await client.read_deployment_by_name(name)
     except Exception:
         return None
+
+
+async def _no_deployment(client, name: str) -> bool:  # type: ignore[no-untyped-def]
+    return await _deployment(client, name) is None
 
 
 async def _completed(client, run_id) -> bool:  # type: ignore[no-untyped-def]

@@ -11,18 +11,25 @@ Only the process we started is ever signalled, by its PID.
     ... reg.url, reg.host, reg.username, reg.password ...
     reg.count_requests("PUT", r"/v2/app/manifests/.*")
     reg.close()                                   # stop + remove the directory
+
+With ``tls=True`` the registry serves HTTPS with a server certificate for ``127.0.0.1`` (IP SAN)
+signed by a CA made for it alone: ``reg.url`` is ``https://127.0.0.1:PORT``, and ``reg.ca_pem`` /
+``reg.ca_path`` hold that CA for the clients that should trust it (``reg.ssl_context()``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
+import ipaddress
 import os
 import re
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -35,6 +42,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.auth import ChallengeTokenAuth
 
@@ -96,6 +107,76 @@ def htpasswd_line(username: str, password: str) -> str:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate it signed, as PEM files."""
+
+    ca_path: Path
+    cert_path: Path
+    key_path: Path
+
+
+def make_tls_files(directory: Path, ip: str = "127.0.0.1", *, days: int = 30) -> TlsFiles:
+    """Write ``ca.pem``, ``server.pem`` and ``server-key.pem`` into ``directory``: a self-signed CA
+    and a server certificate for ``ip`` (IP SAN; serverAuth) that it signed. The CA key is not kept.
+    Both carry the key identifiers and usages that strict verifiers (Python 3.13, Go) insist on."""
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"regflow test CA {uuid.uuid4().hex[:8]}")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    files.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(files.key_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return files
+
+
+@dataclass(frozen=True)
 class TokenAuthConfig:
     """The ``auth: token:`` block of a registry config (see tests/support/token_service.py)."""
 
@@ -127,6 +208,7 @@ class RegistryProcess:
     default one random user exposed as ``.username``/``.password``); ``"token"`` (needs
     ``token_auth``; ``users`` is then only informative: the token service decides who is who).
     ``notifications``: webhook URL(s) the registry posts its event envelopes to.
+    ``tls``: serve HTTPS with a certificate from a CA made for this registry (``ca_pem``, ``ca_path``).
     """
 
     def __init__(
@@ -140,6 +222,7 @@ class RegistryProcess:
         base_dir: str | Path | None = None,
         log_level: str = "info",
         startup_timeout: float = 20.0,
+        tls: bool = False,
     ) -> None:
         if mode not in ("anonymous", "basic", "token"):
             raise ValueError(f"unknown registry mode {mode!r}")
@@ -162,6 +245,7 @@ class RegistryProcess:
         self.config_path = self.dir / "config.yml"
         self.log_path = self.dir / "registry.log"
         self.data_dir.mkdir()
+        self.tls: TlsFiles | None = make_tls_files(self.dir) if tls else None
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -175,8 +259,27 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:PORT``, or ``https://127.0.0.1:PORT`` with TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The PEM file of the CA that signed this registry's certificate (None without TLS)."""
+        return self.tls.ca_path if self.tls else None
+
+    @property
+    def ca_pem(self) -> str | None:
+        """The PEM text of that CA (None without TLS)."""
+        return self.tls.ca_path.read_text() if self.tls else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting only this registry's CA (None without TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls.ca_path)) if self.tls else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What to pass as httpx's ``verify=`` to reach this registry (its CA, or the default)."""
+        return self.ssl_context() or True
 
     @property
     def username(self) -> str | None:
@@ -238,6 +341,8 @@ class RegistryProcess:
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
         }
+        if self.tls is not None:
+            cfg["http"]["tls"] = {"certificate": str(self.tls.cert_path), "key": str(self.tls.key_path)}
         if self.mode == "basic":
             htpasswd = self.dir / "htpasswd"
             htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
@@ -304,7 +409,8 @@ class RegistryProcess:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        with httpx.Client(timeout=2.0) as client:
+        # With TLS, ready means the handshake verifies against our own CA too.
+        with httpx.Client(timeout=2.0, verify=self.verify) as client:
             while True:
                 if self._proc is None or self._proc.poll() is not None:
                     raise TestbedError("registry exited")
@@ -405,7 +511,7 @@ class RegistryProcess:
             return
         mark = f"{_SYNC_MARK}={uuid.uuid4().hex}"
         with contextlib.suppress(httpx.HTTPError):
-            httpx.get(f"{self.url}/v2/?{mark}", timeout=5.0)
+            httpx.get(f"{self.url}/v2/?{mark}", timeout=5.0, verify=self.verify)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if mark in self.log_text():
