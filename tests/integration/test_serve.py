@@ -21,6 +21,7 @@ from tests.support.corpus import ImageKind
 from tests.support.endpoints import client_for
 from tests.support.prefect_server import PrefectServer
 from tests.support.registry import free_port
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,14 +59,6 @@ policies:
 """
 
 
-async def until(predicate, seconds: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
 
 
 @pytest.fixture

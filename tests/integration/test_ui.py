@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.corpus import ImageKind
 from tests.support.registry import free_port
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,14 +121,6 @@ def wait_port_closed(port: int, seconds: float = 15) -> bool:
     return True
 
 
-async def until(predicate: Callable[[], Awaitable[T | None]], seconds: float, what: str) -> T:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
 
 
 @pytest.fixture
