@@ -24,10 +24,13 @@ from rich.table import Table
 
 from adapters.errors import ConfigError, ReplicationError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+# Tracebacks never print local variables: they may hold credentials.
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Replicate container images between registries, on Prefect.")
-registry_app = typer.Typer(no_args_is_help=True, help="Registries (endpoints).")
-policy_app = typer.Typer(no_args_is_help=True, help="Replication policies.")
+registry_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                           help="Registries (endpoints).")
+policy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                         help="Replication policies.")
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 
@@ -171,8 +174,10 @@ def _run_flow(policy: str, quiet: bool) -> Any:
     async def run() -> Execution:
         state = await replicate_flow(policy=policy, trigger="manual", return_state=True)
         result = await state.aresult(raise_on_failure=False)
+        if isinstance(result, ConfigError):
+            raise result  # bad input found inside the run (e.g. a CA bundle): exit 2
         if not isinstance(result, Execution):
-            raise ReplicationError(f"execution ended {state.name}: {state.message}")
+            _fail(f"execution ended {state.name}: {state.message}", EXIT_FAILED)
         if result.flow_run_id:
             await history.wait_recorded(result.flow_run_id, result.transfers)
         return result

@@ -197,10 +197,10 @@ class DistributionClient:
 
     async def ping(self) -> int:
         """GET /v2/ without credentials. 200, 401 and 403 all mean a registry is there."""
-        url = f"{self.endpoint.prefix}/v2/"
+        url = self._absolute(f"{self.endpoint.prefix}/v2/")
         self.requests_made += 1
         with _transport_errors("GET", url):
-            response = await self._token_http.get(self._absolute(url))
+            response = await self._token_http.get(url)
         if response.status_code not in (200, 401, 403):
             raise await _error_from(response)
         return response.status_code
