@@ -45,6 +45,7 @@ class Service:
         self.sync_seconds = sync_seconds
         self.coalescer = Coalescer(COALESCE_WINDOW_SECONDS, self._start_run)
         self._fingerprint = ""
+        self.store = Store()  # one engine for the service's life; every read sees new rows
         self.worker = Worker(WORK_POOL, dict(os.environ) | heartbeat_environment(),
                              regflow_home() / "logs" / "worker.log")
         self._stopping = asyncio.Event()
@@ -53,7 +54,7 @@ class Service:
 
     def source(self, name: str) -> WebhookSource | None:
         try:
-            hook = Store().webhook(name)
+            hook = self.store.webhook(name)
         except ConfigError:
             return None
         if hook is None:
@@ -61,7 +62,7 @@ class Service:
         return WebhookSource(name=name, kind=hook.kind, auth=hook.auth, secret=hook.secret)
 
     async def submit(self, events: list[RegistryEvent]) -> int:
-        policies = Store().policies()
+        policies = self.store.policies()
         runs = 0
         for event in events:
             for policy in matching_policies(event, policies):
@@ -83,7 +84,7 @@ class Service:
     async def keep_deployments_current(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(ConfigError):
-                policies = Store().policies()
+                policies = self.store.policies()
                 fingerprint = hashlib.sha256(json.dumps(
                     [spec_for(p).model_dump() for p in policies if p.enabled], sort_keys=True,
                     default=str).encode()).hexdigest()

@@ -71,9 +71,14 @@ async def transfer(spec: TransferSpec) -> TransferResult:
     run = _RUN.get()
     async with runtime.registry_slots(run.source.client.host, run.target.client.host):
         result = await transfer_repository(run.source.client, run.target.client, spec, run.blobs)
-    context = TaskRunContext.get()
-    last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
+    return _settle(result)
+
+
+def _settle(result: TransferResult) -> TransferResult:
+    """A task with failed tags fails, as transient (Prefect retries it) while attempts remain."""
     if result.status == "Failed":
+        context = TaskRunContext.get()
+        last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
         raise TransferIncomplete(result, transient=result.retryable and not last_attempt)
     return result
 
@@ -102,10 +107,9 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
     async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
         found = await discover(source, loaded.policy, resources)
         plan = await make_plan(source, target, loaded.policy, found)
-        logger.info("plan: %d repositories, %d with tags to transfer", len(plan.repositories),
-                    len(plan.specs(loaded.policy)))
-        await prepare(target, plan)
         specs = plan.specs(loaded.policy)
+        logger.info("plan: %d repositories, %d with tags to transfer", len(plan.repositories), len(specs))
+        await prepare(target, plan)
         results = await _transfer_all(source, target, specs, stop, loaded.policy.speed)
         verified = await _verify(source, target, loaded.policy, found, stop)
     execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "",
@@ -118,12 +122,7 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
       retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 async def delete(spec: DeleteSpec) -> TransferResult:
-    result = await delete_manifest(_RUN.get().target, spec)
-    if result.status == "Failed":
-        context = TaskRunContext.get()
-        last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
-        raise TransferIncomplete(result, transient=result.retryable and not last_attempt)
-    return result
+    return _settle(await delete_manifest(_RUN.get().target, spec))
 
 
 async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -> Execution:
