@@ -73,6 +73,8 @@ class BlobCopier:
         self._linked: set[tuple[str, str]] = set()
         self._home: dict[str, str] = {}  # digest -> a target repository that holds it
         self._uploads: dict[str, asyncio.Future[None]] = {}
+        # Chunked sessions a failed attempt left open, for the next attempt in this run to resume.
+        self._sessions: dict[tuple[str, str], str] = {}
         self.bytes_uploaded = 0
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
@@ -103,9 +105,11 @@ class BlobCopier:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
             mount_from = target_repo
+        if (target_repo, digest) in self._sessions:
+            pass  # an earlier attempt left a chunked session open: go straight on with it
         # The first request (mount or HEAD) is retried like the upload: it is where a busy
         # registry's 429 or 503 lands first.
-        if mount_from is not None:
+        elif mount_from is not None:
             source_of_mount = mount_from
             location = await self._retrying(lambda: self.target.start_upload(
                 target_repo, mount=digest, mount_from=source_of_mount))
@@ -158,7 +162,12 @@ class BlobCopier:
 
     async def _upload_with_retries(self, source_repo: str, target_repo: str, blob: Descriptor,
                                    location: str | None, *, chunked: bool) -> int:
+        key = (target_repo, str(blob.digest))
         resume = False
+        if chunked and key in self._sessions:
+            # A task-level retry: continue the session the failed attempt left behind; if the
+            # registry has dropped it meanwhile, UploadSessionLost below starts afresh.
+            location, resume = self._sessions[key], True
         for attempt in range(1, BLOB_ATTEMPTS + 1):
             try:
                 if location is None:
@@ -169,15 +178,16 @@ class BlobCopier:
                                                       resume=resume)
                 return await self._upload_monolithic(source_repo, target_repo, blob, location)
             except ReplicationError as exc:
+                lost = isinstance(exc, UploadSessionLost)
+                if lost or not exc.transient:
+                    self._sessions.pop(key, None)  # nothing worth resuming
                 if not exc.transient or attempt == BLOB_ATTEMPTS:
                     raise
-                lost = isinstance(exc, UploadSessionLost)
                 if not lost:  # a lost session was found after a pause already
                     await self._pause(exc, attempt)
                 # A broken monolithic PUT leaves nothing to resume; a chunked session may.
                 resume = chunked and not lost
-                if not resume:
-                    location = None
+                location = self._sessions.get(key, location) if resume else None
         raise AssertionError("unreachable")
 
     async def _status(self, target_repo: str, location: str) -> UploadStatus:
@@ -228,6 +238,9 @@ class BlobCopier:
                         length = min(UPLOAD_CHUNK_BYTES, blob.size - offset)
                         location = await self.target.patch_chunk(
                             target_repo, location, offset, length, reader.take(length, hasher))
+                        # Each PATCH answers with the session's next location (distribution signs
+                        # the offset into it): the one a later attempt must resume with.
+                        self._sessions[(target_repo, str(blob.digest))] = location
                         offset += length
                         sent += length
             except ReplicationError as exc:
@@ -246,6 +259,7 @@ class BlobCopier:
             await self.target.cancel_upload(target_repo, location)
             raise DigestMismatchError(blob.digest, actual)
         await self.target.complete_upload(target_repo, location, blob.digest)
+        self._sessions.pop((target_repo, str(blob.digest)), None)
         return sent
 
     async def _hash_range(self, source_repo: str, digest: Digest, start: int, end: int,

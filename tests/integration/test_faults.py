@@ -280,6 +280,37 @@ async def test_chunked_upload_dropped_at_60_percent_resumes_from_the_registry_ra
 
 
 @pytest.mark.slow
+async def test_the_next_attempt_continues_the_session_a_failed_attempt_left(
+        huge_source, make_registry, make_proxy, tmp_path, monkeypatch):
+    """As a Prefect task retry does: the same run's BlobCopier, a new transfer call."""
+    chunk = 51 * MiB
+    monkeypatch.setattr(tasks.blobs, "UPLOAD_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tasks.blobs, "BLOB_ATTEMPTS", 1)  # the first attempt gives up at once
+    src, pushed = huge_source
+    layer = pushed.image.layers[0]
+    dst = make_registry("anonymous")
+    proxy = make_proxy(dst)
+    uploads = r"/v2/app/huge/blobs/uploads/.+"
+    proxy.rule("PATCH", uploads, drop_after(0, side="request"), nth=4)
+
+    async with client(src) as source, client(dst, proxy) as target:
+        copier = BlobCopier(source, target)
+        spec = TransferSpec(source_repository="app/huge", target_repository="app/huge",
+                            tags=[TagPlan(tag="1.0")])
+        first = await transfer_repository(source, target, spec, copier)
+        assert first.status == "Failed" and first.retryable, first.error
+        second = await transfer_repository(source, target, spec, copier)
+
+    assert second.status == "Succeeded", second.error
+    patches = proxy.requests("PATCH", uploads)
+    assert (patches[4].request_header("Content-Range") or "").startswith(f"{3 * chunk}-")  # not 0-
+    # One session for the layer, kept across the two attempts (+ the config's own).
+    assert len(proxy.requests("POST", r"/v2/app/huge/blobs/uploads/")) == 2
+    assert proxy.bytes_forwarded("PATCH", uploads) == layer.size < 1.5 * layer.size
+    verify_with_skopeo(dst, pushed, tmp_path)
+
+
+@pytest.mark.slow
 async def test_chunked_upload_cut_mid_patch_at_60_percent_still_copies(
         huge_source, make_registry, make_proxy, tmp_path, monkeypatch):
     chunk = 32 * MiB
