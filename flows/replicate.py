@@ -19,6 +19,7 @@ from prefect.tasks import exponential_backoff
 from adapters import Adapter
 from adapters.errors import ReplicationError, is_transient
 from flows import runtime
+from policies.home import regflow_home
 from policies.models import Policy
 from tasks.bandwidth import Bandwidth
 from tasks.blobs import BlobCopier
@@ -28,6 +29,7 @@ from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
 from tasks.plan import Plan, make_plan
 from tasks.prepare import prepare
+from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
 from tasks.summary import MESSAGE_FAILURES, Execution, summarize, summarize_deletions
 from tasks.transfer import transfer_repository
@@ -143,8 +145,9 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
 
 async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],
                         stop: StopSignal, speed: int) -> dict[str, TransferResult | BaseException]:
+    sessions = UploadSessions(regflow_home() / "uploads.json", scope=target.client.host)
     blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop),
-                       mount_probe=target.info.supports_mount)
+                       mount_probe=target.info.supports_mount, sessions=sessions)
     _RUN.set(_Run(source, target, blobs))
     if specs:
         await runtime.ensure_registry_limits(source.client.host, target.client.host)

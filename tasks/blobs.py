@@ -31,6 +31,7 @@ from adapters.errors import (
 )
 from adapters.oci import Descriptor, Digest, DigestVerifier, Manifest
 from tasks.bandwidth import Bandwidth
+from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
 
 # Blobs moved at once per run. Measured on the reference 2-core machine the registries, not the
@@ -61,6 +62,7 @@ class BlobCopier:
         bandwidth: Bandwidth | None = None,
         concurrency: int = BLOB_CONCURRENCY,
         mount_probe: bool = True,
+        sessions: UploadSessions | None = None,
         chunked_threshold: int = CHUNKED_UPLOAD_THRESHOLD_BYTES,
     ) -> None:
         self.source = source
@@ -73,8 +75,8 @@ class BlobCopier:
         self._linked: set[tuple[str, str]] = set()
         self._home: dict[str, str] = {}  # digest -> a target repository that holds it
         self._uploads: dict[str, asyncio.Future[None]] = {}
-        # Chunked sessions a failed attempt left open, for the next attempt in this run to resume.
-        self._sessions: dict[tuple[str, str], str] = {}
+        # Chunked sessions a failed attempt left open, for the next attempt to resume.
+        self._sessions = sessions or UploadSessions()
         self.bytes_uploaded = 0
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
@@ -105,7 +107,7 @@ class BlobCopier:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
             mount_from = target_repo
-        if (target_repo, digest) in self._sessions:
+        if self._sessions.get(target_repo, digest) is not None:
             pass  # an earlier attempt left a chunked session open: go straight on with it
         # The first request (mount or HEAD) is retried like the upload: it is where a busy
         # registry's 429 or 503 lands first.
@@ -162,12 +164,12 @@ class BlobCopier:
 
     async def _upload_with_retries(self, source_repo: str, target_repo: str, blob: Descriptor,
                                    location: str | None, *, chunked: bool) -> int:
-        key = (target_repo, str(blob.digest))
+        left = self._sessions.get(target_repo, blob.digest) if chunked else None
         resume = False
-        if chunked and key in self._sessions:
-            # A task-level retry: continue the session the failed attempt left behind; if the
+        if left is not None:
+            # A retry or a later run: continue the session the failed attempt left behind; if the
             # registry has dropped it meanwhile, UploadSessionLost below starts afresh.
-            location, resume = self._sessions[key], True
+            location, resume = left, True
         for attempt in range(1, BLOB_ATTEMPTS + 1):
             try:
                 if location is None:
@@ -180,14 +182,14 @@ class BlobCopier:
             except ReplicationError as exc:
                 lost = isinstance(exc, UploadSessionLost)
                 if lost or not exc.transient:
-                    self._sessions.pop(key, None)  # nothing worth resuming
+                    self._sessions.drop(target_repo, blob.digest)  # nothing worth resuming
                 if not exc.transient or attempt == BLOB_ATTEMPTS:
                     raise
                 if not lost:  # a lost session was found after a pause already
                     await self._pause(exc, attempt)
                 # A broken monolithic PUT leaves nothing to resume; a chunked session may.
                 resume = chunked and not lost
-                location = self._sessions.get(key, location) if resume else None
+                location = (self._sessions.get(target_repo, blob.digest) or location) if resume else None
         raise AssertionError("unreachable")
 
     async def _status(self, target_repo: str, location: str) -> UploadStatus:
@@ -240,7 +242,7 @@ class BlobCopier:
                             target_repo, location, offset, length, reader.take(length, hasher))
                         # Each PATCH answers with the session's next location (distribution signs
                         # the offset into it): the one a later attempt must resume with.
-                        self._sessions[(target_repo, str(blob.digest))] = location
+                        self._sessions.put(target_repo, blob.digest, location)
                         offset += length
                         sent += length
             except ReplicationError as exc:
@@ -259,7 +261,7 @@ class BlobCopier:
             await self.target.cancel_upload(target_repo, location)
             raise DigestMismatchError(blob.digest, actual)
         await self.target.complete_upload(target_repo, location, blob.digest)
-        self._sessions.pop((target_repo, str(blob.digest)), None)
+        self._sessions.drop(target_repo, blob.digest)
         return sent
 
     async def _hash_range(self, source_repo: str, digest: Digest, start: int, end: int,
