@@ -1,0 +1,688 @@
+"""regflow beside ``skopeo sync``: whole-registry copies between local CNCF distribution
+registries, in one invocation, with a fresh empty target for every full copy.
+
+    uv run python -m benchmarks.sync --corpus small --pairs 3
+    uv run python -m benchmarks.sync --smoke                 # 1 pair, 3 repositories, < 60 s
+    uv run python -m benchmarks.sync --scale 200             # discover + plan of a no-change resync
+    uv run python -m benchmarks.sync --corpus medium --estimate
+
+What one invocation does:
+  1. starts a source registry (anonymous, access log on) and seeds it once with a deterministic
+     corpus (benchmarks/corpus.py: the shapes of /work/shared/bench/BASELINE.md);
+  2. starts one local Prefect server (deployments.processes.LocalPrefectServer), as ``regflow
+     serve`` users have, and keeps one REGFLOW_HOME for the whole invocation, so that the
+     embedded Prefect database is warm after the first (untimed) warm-up run;
+  3. ``--pairs`` times, for each tool in turn (the order rotates each pair): a full copy into a
+     FRESH empty target registry, then a no-change resync into the same target; every tag of
+     every run is verified by the sha256 of the manifest bytes served by the source and the target.
+
+Tools:
+  regflow-server    ``regflow replicate bench-all --json`` with PREFECT_API_URL = the local server
+  regflow-embedded  the same without PREFECT_API_URL (embedded Prefect under REGFLOW_HOME)
+  skopeo            ``skopeo sync --src yaml --dest docker --all --preserve-digests``, one YAML and
+                    one invocation per parent namespace (skopeo keeps only the last path component
+                    of a repository under the destination, so ``team-a/svc/api-4`` must go to
+                    ``DEST/team-a/svc``); both tools land every repository at its source path.
+
+Measured per run: wall seconds; CPU seconds of the copier (its rusage from wait4, reaped
+children included) and of the source registry, the target registry and the Prefect server
+(/proc/PID/stat deltas); requests seen by the target and the source (access-log lines between
+two marks); peak RSS of the copier (ru_maxrss: the largest single process) and of its whole
+process tree (sum of RSS of the copier and its children, sampled every 0.25 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from benchmarks import corpus
+from deployments.processes import LocalPrefectServer
+from tests.support.registry import RegistryProcess, free_port
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+RSS_SAMPLE_SECONDS = 0.25
+# containers/image's blob-info cache: a stale one makes skopeo try mounts that cannot work in
+# a fresh target, so the baseline deleted it before every full copy; so do we.
+SKOPEO_BLOB_INFO_CACHES = (Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb"),
+                           Path.home() / ".local/share/containers/cache/blob-info-cache-v1.boltdb")
+POLICY, WARMUP_POLICY = "bench-all", "bench-warmup"
+EPHEMERAL_STARTUP_TIMEOUT = "120"
+REGFLOW_TOOLS = ("regflow-server", "regflow-embedded")
+# Pair 1 runs in this order (later pairs rotate it); the Prefect server finishes starting
+# while the first two run.
+ALL_TOOLS = ("regflow-embedded", "skopeo", "regflow-server")
+# The smoke run leaves out the embedded mode: its per-invocation Prefect start (7-8 s warm,
+# 15+ s on a fresh home) would take the smoke past a minute on a loaded 2-core machine.
+SMOKE_TOOLS = ("skopeo", "regflow-server")
+# Targets of issue 6, for the verdict lines.
+TARGET_WALL_RATIO, TARGET_RESYNC_RATIO, TARGET_REQUEST_RATIO, TARGET_RSS_MIB = 0.5, 0.5, 0.5, 250.0
+TARGET_SCALE_SECONDS, TARGET_SCALE_RSS_MIB = 60.0, 400.0
+
+
+# --------------------------------------------------------------------------- /proc
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat_fields(int(entry))[1]), []).append(int(entry))
+    return children
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant."""
+    children, out, todo = _children_map(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of ``pid`` and its live descendants, reaped children included (cutime, cstime)."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError, IndexError):
+            f = _stat_fields(p)
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total / TICK
+
+
+def tree_rss(pid: int) -> int:
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{p}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Peak of the summed RSS of a process tree, sampled."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self.done.wait(RSS_SAMPLE_SECONDS)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --------------------------------------------------------------------------- running a copier
+@dataclass
+class Measured:
+    wall: float
+    cpu: float
+    rss_mib: float  # max ru_maxrss over the commands (the largest single process)
+    tree_rss_mib: float  # peak summed RSS of a command's process tree, max over the commands
+    rc: int
+    stdout: str
+
+
+def run_measured(commands: Sequence[Sequence[str]], env: dict[str, str], log: Path) -> Measured:
+    """Run the commands one after another; wall for all, CPU summed, RSS the max over them.
+
+    Each command runs under GNU time (``/usr/bin/time``, apt-get install time): a small C program
+    forks it, so its ru_maxrss is its own. (Forked straight from this Python process, a child's
+    ru_maxrss starts at this process's RSS: Linux carries the high-water mark across exec.) Its
+    CPU is the child's rusage, reaped descendants included."""
+    gnu_time = shutil.which("time", path="/usr/bin")
+    started = time.monotonic()
+    cpu = rss = tree_peak = 0.0
+    rc = 0
+    outputs = []
+    with log.open("ab") as logf, tempfile.TemporaryDirectory() as scratch:
+        for argv in commands:
+            logf.write(f"\n$ {' '.join(argv)}\n".encode())
+            logf.flush()
+            timing = Path(scratch) / "time"
+            wrapped = [gnu_time, "-f", "%x %U %S %M", "-o", str(timing), *argv] if gnu_time else list(argv)
+            with tempfile.TemporaryFile() as out:
+                proc = subprocess.Popen(wrapped, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=logf)
+                sampler = RssSampler(proc.pid)
+                sampler.start()
+                try:
+                    _, status, usage = os.wait4(proc.pid, 0)
+                except BaseException:  # interrupted: end the child we started, then give up
+                    proc.terminate()
+                    proc.wait()
+                    sampler.stop()
+                    raise
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                tree_peak = max(tree_peak, sampler.stop() / 2**20)
+                out.seek(0)
+                text = out.read().decode(errors="replace")
+            logf.write(text.encode()[-4000:])
+            outputs.append(text)
+            if gnu_time:
+                code, user, system, maxrss_kib = timing.read_text().split()[-4:]
+                cpu += float(user) + float(system)
+                rss = max(rss, int(maxrss_kib) / 1024)
+                rc = rc or int(code) or proc.returncode
+            else:  # ru_maxrss then includes this process's RSS at fork time: an upper bound
+                cpu += usage.ru_utime + usage.ru_stime
+                rss = max(rss, usage.ru_maxrss / 1024)
+                rc = rc or proc.returncode
+    return Measured(time.monotonic() - started, cpu, rss, tree_peak, rc, "".join(outputs))
+
+
+# --------------------------------------------------------------------------- access logs
+_KINDS = (("ping", re.compile(r"/v2/?")), ("catalog", re.compile(r"/v2/_catalog")),
+          ("tags", re.compile(r"/v2/.+/tags/list")), ("manifest", re.compile(r"/v2/.+/manifests/[^/]+")),
+          ("upload", re.compile(r"/v2/.+/blobs/uploads/.*")), ("blob", re.compile(r"/v2/.+/blobs/[^/]+")))
+
+
+def _kind(path: str) -> str:
+    return next((k for k, rx in _KINDS if rx.fullmatch(path)), "other")
+
+
+def request_mix(registry: RegistryProcess, since: int) -> Counter[str]:
+    """``"HEAD blob 404" -> n`` for every access-log line after ``since``."""
+    return Counter(f"{e.method} {_kind(e.path)} {e.status}" for e in registry.access_log(since=since))
+
+
+def _compact(mix: Counter[str]) -> str:
+    by: Counter[str] = Counter()
+    for key, n in mix.items():
+        method, kind, status = key.split()
+        by[f"{method} {kind}" + (f" {status}" if status == "404" else "")] += n
+    return ", ".join(f"{n} {k}" for k, n in by.most_common())
+
+
+# --------------------------------------------------------------------------- the tools
+@dataclass
+class Sample:
+    corpus: str
+    tool: str
+    phase: str  # full | resync | warmup | dry-run
+    pair: int
+    wall: float
+    cpu: float
+    rss_mib: float
+    tree_rss_mib: float
+    src_cpu: float
+    dst_cpu: float
+    server_cpu: float
+    dst_requests: int
+    src_requests: int
+    bad_tags: int
+    rc: int
+    load1: float
+    dst_mix: dict[str, int] = field(default_factory=dict)
+    src_mix: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+class Bench:
+    def __init__(self, workdir: Path, tools: Sequence[str]) -> None:
+        self.workdir = workdir
+        self.tools = list(tools)
+        self.home = workdir / "regflow-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "tools.log"
+        self.src: RegistryProcess | None = None
+        self.server: LocalPrefectServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._server_error: BaseException | None = None
+        self.regflow = str(Path(sys.executable).with_name("regflow"))
+        if not Path(self.regflow).exists():
+            self.regflow = ""
+        self.samples: list[Sample] = []
+
+    # -- lifecycle
+    def start_source(self) -> RegistryProcess:
+        self.src = RegistryProcess("anonymous", log_level="error", base_dir=self.workdir)
+        self.src.start()
+        return self.src
+
+    def start_server_async(self) -> None:
+        """Start the Prefect server in the background (it takes 12+ s); ``server_ready`` waits."""
+        if "regflow-server" not in self.tools:
+            return
+        self.server = LocalPrefectServer(self.workdir / "prefect-server", free_port())
+
+        def start() -> None:
+            assert self.server is not None
+            try:
+                self.server.start()
+            except BaseException as exc:  # reported by server_ready, in the main thread
+                self._server_error = exc
+
+        self._server_thread = threading.Thread(target=start, daemon=True)
+        self._server_thread.start()
+
+    def server_ready(self) -> None:
+        if self._server_thread is not None:
+            self._server_thread.join()
+            self._server_thread = None
+            if self._server_error is not None:
+                raise RuntimeError(f"local Prefect server failed: {self._server_error}")
+
+    def close(self) -> None:
+        if self._server_thread is not None:
+            self._server_thread.join()
+        if self.server is not None:
+            self.server.stop()
+        if self.src is not None:
+            self.src.close()
+
+    @property
+    def server_pid(self) -> int | None:
+        return self.server.proc.pid if self.server is not None and self.server.proc is not None else None
+
+    # -- regflow
+    def _regflow_argv(self, *args: str) -> list[str]:
+        head = [self.regflow] if self.regflow else [sys.executable, "-m", "regflow_cli.main"]
+        return [*head, *args]
+
+    def regflow_env(self, tool: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
+        env["REGFLOW_HOME"] = str(self.home)
+        # Prefect gives its ephemeral server 20 s to answer; on this 2-core VM under the load of
+        # other test runs (load1 6-13) the embedded mode then fails with "Timed out while
+        # attempting to connect to ephemeral Prefect API". Measured, not hidden: see the doc.
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = EPHEMERAL_STARTUP_TIMEOUT
+        if tool == "regflow-server":
+            assert self.server is not None
+            env["PREFECT_API_URL"] = self.server.api_url
+            env["PREFECT_HOME"] = str(self.workdir / "cli-prefect-home")
+            env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+            env["DO_NOT_TRACK"] = "1"
+        return env
+
+    def apply(self, src_url: str, dst_url: str) -> None:
+        """Point the benchmark policies at this source and target (untimed)."""
+        config = {
+            "version": 1,
+            "registries": [{"name": "bench-src", "type": "docker-registry", "url": src_url},
+                           {"name": "bench-dst", "type": "docker-registry", "url": dst_url}],
+            "policies": [
+                # Everything, each repository at its own path on the target (skopeo's layout here).
+                {"name": POLICY, "src_registry": "bench-src", "dest_registry": "bench-dst",
+                 "dest_namespace": "", "dest_namespace_replace_count": -1,
+                 "filters": [{"type": "name", "value": "**"}], "trigger": {"type": "manual"},
+                 "override": True},
+                {"name": WARMUP_POLICY, "src_registry": "bench-src", "dest_registry": "bench-dst",
+                 "filters": [{"type": "name", "value": "no-such-namespace/**"}],
+                 "trigger": {"type": "manual"}},
+            ],
+        }
+        path = self.workdir / "regflow.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = self.regflow_env("regflow-embedded")
+        subprocess.run(self._regflow_argv("apply", "-f", str(path)), env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def commands(self, tool: str, dst: RegistryProcess, policy: str = POLICY,
+                 dry_run: bool = False) -> tuple[list[list[str]], dict[str, str]]:
+        if tool == "skopeo":
+            return self.skopeo_commands(dst), dict(os.environ)
+        args = ["replicate", policy, "--json"] + (["--dry-run"] if dry_run else [])
+        return [self._regflow_argv(*args)], self.regflow_env(tool)
+
+    # -- skopeo
+    def skopeo_commands(self, dst: RegistryProcess) -> list[list[str]]:
+        assert self.src is not None
+        repos = sorted(self.seeded.tags)
+        groups: dict[str, list[str]] = {}
+        for r in repos:
+            groups.setdefault(r.rsplit("/", 1)[0] if "/" in r else "", []).append(r)
+        folder = self.workdir / "skopeo-sync"
+        folder.mkdir(exist_ok=True)
+        commands = []
+        for i, (parent, names) in enumerate(sorted(groups.items())):
+            path = folder / f"group-{i}.yml"
+            path.write_text(yaml.safe_dump(
+                {self.src.host: {"tls-verify": False, "images": {n: [] for n in names}}}))
+            dest = dst.host + (f"/{parent}" if parent else "")
+            commands.append(["skopeo", "sync", "--src", "yaml", "--dest", "docker", "--all",
+                             "--preserve-digests", "--dest-tls-verify=false", str(path), dest])
+        return commands
+
+    # -- one measured run
+    seeded: corpus.Seeded
+
+    def run(self, tool: str, phase: str, pair: int, dst: RegistryProcess, *, policy: str = POLICY,
+            dry_run: bool = False, verify: bool = True) -> Sample:
+        assert self.src is not None
+        if tool == "regflow-server":
+            self.server_ready()
+        commands, env = self.commands(tool, dst, policy, dry_run)
+        if tool == "skopeo" and phase == "full":
+            for cache in SKOPEO_BLOB_INFO_CACHES:
+                cache.unlink(missing_ok=True)
+        src_mark, dst_mark = self.src.log_mark(), dst.log_mark()
+        src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(self.server_pid)
+        load = load1()
+        m = run_measured(commands, env, self.log)
+        src_cpu, dst_cpu = tree_cpu(self.src.pid) - src0, tree_cpu(dst.pid) - dst0
+        server_cpu = tree_cpu(self.server_pid) - server0
+        src_mix, dst_mix = request_mix(self.src, src_mark), request_mix(dst, dst_mark)
+        note = ""
+        if tool != "skopeo":
+            note = _regflow_note(m.stdout, dry_run)
+            # The whole --json answer (tools.log keeps only its tail), for a look with --keep.
+            outputs = self.workdir / "outputs"
+            outputs.mkdir(exist_ok=True)
+            (outputs / f"{tool}-{phase}-{pair}.json").write_text(m.stdout)
+        bad = len(corpus.verify(dst.url, self.seeded)) if verify else 0
+        sample = Sample(self.seeded.shape, tool, phase, pair, m.wall, m.cpu, m.rss_mib, m.tree_rss_mib,
+                        src_cpu, dst_cpu, server_cpu, sum(dst_mix.values()), sum(src_mix.values()),
+                        bad, m.rc, load, dict(dst_mix), dict(src_mix), note)
+        self.samples.append(sample)
+        print(f"  pair {pair} {tool:16} {phase:7} wall={m.wall:6.2f}s cpu={m.cpu:5.2f}s "
+              f"rss={m.rss_mib:5.0f}MiB tree={m.tree_rss_mib:5.0f}MiB src_cpu={src_cpu:5.2f} "
+              f"dst_cpu={dst_cpu:5.2f} server_cpu={server_cpu:5.2f} dst_req={sample.dst_requests} "
+              f"src_req={sample.src_requests} load1={load:.1f} rc={m.rc} bad_tags={bad} {note}",
+              flush=True)
+        if m.rc != 0 or bad:
+            print(f"    !! {tool} {phase} failed (rc={m.rc}, {bad} bad tags); see {self.log}", flush=True)
+        return sample
+
+
+def _regflow_note(stdout: str, dry_run: bool) -> str:
+    """A short summary of regflow's --json output (or why it could not be read)."""
+    line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith("{")), "")
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return "(no JSON output)"
+    if dry_run:
+        actions = Counter(t["action"] for r in data["repositories"] for t in r["tags"])
+        return " ".join(f"{k}={v}" for k, v in sorted(actions.items()))
+    copied = sum(t["copied"] for t in data["tasks"])
+    return f"{data['status']} copied={copied} transfers={data['transfers']}"
+
+
+# --------------------------------------------------------------------------- tables
+def _med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _cell(values: Sequence[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(_med(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def table(samples: list[Sample], tools: Sequence[str], phases: Sequence[str]) -> list[str]:
+    lines = ["| tool | phase | wall s | copier cpu s | src reg cpu s | dst reg cpu s | prefect server cpu s "
+             "| dst requests | src requests | peak RSS MiB | tree RSS MiB | load1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for tool in tools:
+        for phase in phases:
+            ss = [s for s in samples if s.tool == tool and s.phase == phase]
+            if not ss:
+                continue
+
+            def col(key: str, fmt: str = "{:.2f}", ss: list[Sample] = ss) -> str:
+                return _cell([getattr(s, key) for s in ss], fmt)
+
+            lines.append(f"| {tool} | {phase} | {col('wall')} | {col('cpu')} | {col('src_cpu')} | "
+                         f"{col('dst_cpu')} | {col('server_cpu')} | {col('dst_requests', '{:.0f}')} | "
+                         f"{col('src_requests', '{:.0f}')} | {col('rss_mib', '{:.0f}')} | "
+                         f"{col('tree_rss_mib', '{:.0f}')} | {col('load1', '{:.1f}')} |")
+    return lines
+
+
+def _pair_ratios(samples: list[Sample], tool: str, phase: str, key: str) -> list[float]:
+    """regflow/skopeo for ``key`` in each pair where both ran."""
+    ours = {s.pair: s for s in samples if s.tool == tool and s.phase == phase}
+    theirs = {s.pair: s for s in samples if s.tool == "skopeo" and s.phase == phase}
+    return [getattr(ours[p], key) / getattr(theirs[p], key) for p in ours
+            if p in theirs and getattr(theirs[p], key)]
+
+
+def ratios(samples: list[Sample], tools: Sequence[str]) -> list[str]:
+    """regflow/skopeo, per pair, then the median [min-max] over pairs."""
+    lines = ["| regflow mode | full copy wall | resync wall | target requests, full | target requests, "
+             "resync | peak RSS, full (tree) | copier cpu, full |",
+             "|---|---|---|---|---|---|---|"]
+    for tool in tools:
+        if tool == "skopeo":
+            continue
+
+        def r(phase: str, key: str, tool: str = tool) -> str:
+            return _cell(_pair_ratios(samples, tool, phase, key))
+
+        lines.append(f"| {tool} | {r('full', 'wall')} | {r('resync', 'wall')} | "
+                     f"{r('full', 'dst_requests')} | {r('resync', 'dst_requests')} | "
+                     f"{r('full', 'rss_mib')} ({r('full', 'tree_rss_mib')}) | {r('full', 'cpu')} |")
+    return lines
+
+
+def verdicts(samples: list[Sample], tools: Sequence[str]) -> list[str]:
+    """The issue-6 targets: ratios are medians of the per-pair ratios, memory the median peak."""
+    def med(tool: str, phase: str, key: str) -> float:
+        return _med([getattr(s, key) for s in samples if s.tool == tool and s.phase == phase])
+
+    out = []
+    for tool in tools:
+        if tool == "skopeo":
+            continue
+        checks = [
+            ("full copy wall <= 0.5x skopeo", _med(_pair_ratios(samples, tool, "full", "wall")),
+             TARGET_WALL_RATIO),
+            ("resync wall <= 0.5x skopeo", _med(_pair_ratios(samples, tool, "resync", "wall")),
+             TARGET_RESYNC_RATIO),
+            ("target requests (full) <= 0.5x skopeo",
+             _med(_pair_ratios(samples, tool, "full", "dst_requests")), TARGET_REQUEST_RATIO),
+            ("peak RSS <= 250 MiB (largest process)", med(tool, "full", "rss_mib"), TARGET_RSS_MIB),
+            ("peak RSS <= 250 MiB (whole tree)", med(tool, "full", "tree_rss_mib"), TARGET_RSS_MIB),
+        ]
+        for text, value, limit in checks:
+            out.append(f"- {tool}: {text}: {value:.2f} -> {'met' if value <= limit else 'NOT met'}")
+    return out
+
+
+# --------------------------------------------------------------------------- modes
+@contextlib.contextmanager
+def fresh_target(bench: Bench) -> Iterator[RegistryProcess]:
+    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir)
+    try:
+        dst.start()
+        yield dst
+    finally:
+        dst.close()
+
+
+def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> int:
+    src = bench.start_source()
+    bench.start_server_async()
+    print(f"seeding {shape.name} into {src.url} ...", flush=True)
+    bench.seeded = corpus.seed(src.url, shape)
+    problems = corpus.verify(src.url, bench.seeded)
+    if problems:
+        print("source verification failed:", *problems[:5], sep="\n  ")
+        return 1
+    print(f"  {bench.seeded.describe()}; pushed in {bench.seeded.seconds:.1f} s", flush=True)
+    if bench.server is not None:
+        print(f"  local Prefect server starting at {bench.server.url}", flush=True)
+    skopeo_groups = len(bench.skopeo_commands(src)) if "skopeo" in bench.tools else 0
+    if warmup:
+        with fresh_target(bench) as dst:
+            bench.apply(src.url, dst.url)
+            for tool in bench.tools:
+                if tool != "skopeo":
+                    bench.run(tool, "warmup", 0, dst, policy=WARMUP_POLICY, verify=False)
+    failed = 0
+    for pair in range(1, pairs + 1):
+        # Rotate the order so that drift in the machine's load hits every tool alike.
+        order = bench.tools[(pair - 1) % len(bench.tools):] + bench.tools[:(pair - 1) % len(bench.tools)]
+        for tool in order:
+            with fresh_target(bench) as dst:
+                if tool != "skopeo":
+                    bench.apply(src.url, dst.url)
+                for phase in ("full", "resync"):
+                    s = bench.run(tool, phase, pair, dst)
+                    failed += bool(s.rc or s.bad_tags)
+    print_report(bench, shape, pairs, skopeo_groups)
+    return 1 if failed else 0
+
+
+def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: int) -> None:
+    s = bench.seeded
+    print(f"\n### {shape.name}: {s.describe()}; pairs={pairs}; median [min-max]")
+    print(f"skopeo: {skopeo_groups} sync invocations (one per parent namespace)\n")
+    print("\n".join(table(bench.samples, bench.tools, ("warmup", "full", "resync"))))
+    if "skopeo" in bench.tools and len(bench.tools) > 1:
+        print("\nregflow / skopeo, median of the per-pair ratios [min-max]:\n")
+        print("\n".join(ratios(bench.samples, bench.tools)))
+        print("\nissue-6 targets (medians):")
+        print("\n".join(verdicts(bench.samples, bench.tools)))
+    print("\ntarget request mix, pair 1:")
+    for sample in bench.samples:
+        if sample.pair == 1:
+            print(f"  {sample.tool:16} {sample.phase:7} {sample.dst_requests:5}: "
+                  f"{_compact(Counter(sample.dst_mix))}")
+
+
+def scale_mode(bench: Bench, repos: int, pairs: int) -> int:
+    shape = corpus.scale_shape(repos)
+    src = bench.start_source()
+    print(f"seeding {shape.name} ({corpus.estimate(shape)}) ...", flush=True)
+    bench.seeded = corpus.seed(src.url, shape)
+    print(f"  {bench.seeded.describe()}; pushed in {bench.seeded.seconds:.1f} s", flush=True)
+    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir)
+    try:
+        # An identical target without a second push: the filesystem storage copied as it is.
+        started = time.monotonic()
+        subprocess.run(["cp", "-a", f"{src.data_dir}/.", str(dst.data_dir)], check=True)
+        dst.start()
+        print(f"  target = copy of the source storage ({time.monotonic() - started:.1f} s)", flush=True)
+        problems = corpus.verify(dst.url, bench.seeded)
+        if problems:
+            print("target verification failed:", *problems[:5], sep="\n  ")
+            return 1
+        bench.apply(src.url, dst.url)
+        failed = 0
+        startup = run_measured([bench._regflow_argv("policy", "show", POLICY)],
+                               bench.regflow_env("regflow-embedded"), bench.log)
+        for pair in range(1, pairs + 1):
+            s = bench.run("regflow-embedded", "dry-run", pair, dst, dry_run=True, verify=False)
+            s.tool = "regflow"
+            failed += bool(s.rc)
+        if "regflow-embedded" in bench.tools:
+            bench.run("regflow-embedded", "warmup", 0, dst, policy=WARMUP_POLICY, verify=False)
+            s = bench.run("regflow-embedded", "resync", 1, dst, verify=False)
+            failed += bool(s.rc)
+        print(f"\n### {shape.name}: {bench.seeded.describe()}; no-change resync, target identical")
+        print(f"CLI start-up alone (`regflow policy show`): {startup.wall:.2f} s, "
+              f"{startup.rss_mib:.0f} MiB\n")
+        print("\n".join(table(bench.samples, ["regflow", "regflow-embedded"],
+                              ("dry-run", "warmup", "resync"))))
+        dry = [s for s in bench.samples if s.phase == "dry-run"]
+        wall, rss = _med([s.wall for s in dry]), _med([s.rss_mib for s in dry])
+        tags = bench.seeded.tag_count
+        print(f"\ndiscover+plan (dry-run): {wall:.2f} s for {repos} repositories / {tags} tags = "
+              f"{1000 * wall / tags:.2f} ms per tag; peak RSS {rss:.0f} MiB")
+        if repos >= 2000:
+            print(f"- target 2000x5 discover+plan <= 60 s: {wall:.1f} s -> "
+                  f"{'met' if wall <= TARGET_SCALE_SECONDS else 'NOT met'}; <= 400 MiB: {rss:.0f} MiB -> "
+                  f"{'met' if rss <= TARGET_SCALE_RSS_MIB else 'NOT met'}")
+        return 1 if failed else 0
+    finally:
+        dst.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default="small", choices=sorted(corpus.SHAPES))
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--tools", help=f"comma-separated subset of {ALL_TOOLS} (default: all; with --smoke: "
+                    f"{','.join(SMOKE_TOOLS)})")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 pair on a 3-repository corpus, no warm-up: checks the harness, claims no timing")
+    ap.add_argument("--scale", type=int, metavar="N", help="N repositories x 5 tags: discover + plan")
+    ap.add_argument("--estimate", action="store_true", help="print the corpus sizes; push nothing")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run per regflow mode")
+    ap.add_argument("--workdir", type=Path, help="scratch directory (default: a new one under /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
+                    help="every sample is appended here as a JSON line")
+    args = ap.parse_args()
+
+    shape = corpus.scale_shape(args.scale) if args.scale else corpus.SHAPES[
+        "smoke" if args.smoke else args.corpus]
+    if args.estimate:
+        print(f"{shape.name}: {corpus.estimate(shape)}")
+        return 0
+    tools = [t for t in (args.tools or ",".join(SMOKE_TOOLS if args.smoke else ALL_TOOLS)).split(",") if t]
+    unknown = set(tools) - set(ALL_TOOLS)
+    if unknown:
+        ap.error(f"unknown tools {sorted(unknown)}")
+    if "skopeo" in tools and not shutil.which("skopeo"):
+        print("skopeo is missing: apt-get install skopeo", file=sys.stderr)
+        return 2
+    pairs = 1 if args.smoke else args.pairs
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="regflow-sync-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"{datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
+          f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
+          flush=True)
+    bench = Bench(workdir, tools)
+    started = time.monotonic()
+    rc = 1
+    try:
+        if args.scale:
+            rc = scale_mode(bench, args.scale, pairs)
+        else:
+            rc = sync_mode(bench, shape, pairs, warmup=not (args.smoke or args.no_warmup))
+    finally:
+        bench.close()
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        with args.results.open("a") as f:
+            for s in bench.samples:
+                f.write(json.dumps({"ts": stamp, **asdict(s)}) + "\n")
+        print(f"samples appended to {args.results}; {time.monotonic() - started:.0f} s in all")
+        if rc != 0 and (bench.log).exists():
+            kept = Path(tempfile.gettempdir()) / f"regflow-bench-sync-{stamp.replace(':', '')}.log"
+            shutil.copy(bench.log, kept)
+            print(f"something failed: the tools' output is in {kept}")
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
