@@ -107,18 +107,19 @@ class BlobCopier:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
             mount_from = target_repo
-        if self._sessions.get(target_repo, digest) is not None:
-            pass  # an earlier attempt left a chunked session open: go straight on with it
+        # An earlier attempt left a chunked session open: go straight on with it.
+        resuming = self._sessions.get(target_repo, digest) is not None
         # The first request (mount or HEAD) is retried like the upload: it is where a busy
         # registry's 429 or 503 lands first.
-        elif mount_from is not None:
+        if not resuming and mount_from is not None:
             source_of_mount = mount_from
             location = await self._retrying(lambda: self.target.start_upload(
                 target_repo, mount=digest, mount_from=source_of_mount))
             if location is None:
                 self._link(target_repo, digest)
                 return 0
-        elif await self._retrying(lambda: self.target.blob_exists(target_repo, digest)) is not None:
+        elif not resuming and await self._retrying(
+                lambda: self.target.blob_exists(target_repo, digest)) is not None:
             self._link(target_repo, digest)
             return 0
 
@@ -135,6 +136,8 @@ class BlobCopier:
                 done.exception()  # mark retrieved: nobody may be waiting
             raise
         self._link(target_repo, digest)
+        if resuming:
+            self._sessions.drop(target_repo, digest)  # done, whichever way it went up
         if not done.done():
             done.set_result(None)
         self.bytes_uploaded += sent
