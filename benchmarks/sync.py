@@ -1,10 +1,12 @@
 """regflow beside ``skopeo sync``: whole-registry copies between local CNCF distribution
 registries, in one invocation, with a fresh empty target for every full copy.
 
-    uv run python -m benchmarks.sync --corpus small --pairs 3
+    uv run python -m benchmarks.sync --corpus small --pairs 3     # also medium, manysmall, huge
     uv run python -m benchmarks.sync --smoke                 # 1 pair, 3 repositories, < 60 s
-    uv run python -m benchmarks.sync --scale 200             # discover + plan of a no-change resync
+    uv run python -m benchmarks.sync --scale 2000            # discover + plan of a no-change resync
     uv run python -m benchmarks.sync --corpus medium --estimate
+
+Needs the Debian packages docker-registry, skopeo and time (GNU time measures each copier).
 
 What one invocation does:
   1. starts a source registry (anonymous, access log on) and seeds it once with a deterministic
@@ -23,6 +25,13 @@ Tools:
                     one invocation per parent namespace (skopeo keeps only the last path component
                     of a repository under the destination, so ``team-a/svc/api-4`` must go to
                     ``DEST/team-a/svc``); both tools land every repository at its source path.
+
+``--smoke`` runs skopeo and regflow-server only (add ``--tools regflow-embedded,...`` for the
+embedded mode: its Prefect start would take the smoke past a minute on a loaded machine).
+
+``--scale N``: N repositories x 5 tags (+ latest) of tiny images; the target is a copy of the
+source's storage, so every tag is identical; times ``regflow replicate --dry-run --json``
+(exactly discover + plan) ``--pairs`` times, then one real no-change ``replicate`` (embedded).
 
 Measured per run: wall seconds; CPU seconds of the copier (its rusage from wait4, reaped
 children included) and of the source registry, the target registry and the Prefect server
