@@ -15,6 +15,15 @@ ADAPTERS: dict[str, AdapterFactory] = {
     "docker-registry": NativeAdapter,
 }
 
+# Harbor's registry type strings, in the order regflow takes them on, so that a Harbor user's
+# configuration carries over. A type listed here but not in ADAPTERS is refused at ``apply``
+# with a message saying it is planned, rather than "unknown".
+HARBOR_TYPES: tuple[str, ...] = (
+    "docker-registry", "harbor", "docker-hub", "github-ghcr", "quay", "gitlab",
+    "jfrog-artifactory", "azure-acr", "google-gcr", "aws-ecr", "huawei-SWR", "ali-acr",
+    "tencent-tcr", "volcengine-cr", "dtr",
+)
+
 
 def register_adapter(type_: str, factory: AdapterFactory) -> None:
     if type_ in ADAPTERS:
@@ -35,9 +44,12 @@ def _factory(type_: str) -> AdapterFactory:
         return ADAPTERS[type_]
     except KeyError:
         known = ", ".join(sorted(ADAPTERS))
+        if type_ in HARBOR_TYPES:
+            raise ConfigError(f"registry type {type_!r} is a Harbor type regflow does not support yet "
+                              f"(supported: {known})", field="type") from None
         raise ConfigError(f"registry type {type_!r} is not supported (supported: {known})",
                           field="type") from None
 
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterInfo", "Endpoint", "Health", "adapter_info",
-           "create_adapter", "register_adapter"]
+__all__ = ["ADAPTERS", "HARBOR_TYPES", "Adapter", "AdapterInfo", "Endpoint", "Health",
+           "adapter_info", "create_adapter", "register_adapter"]

@@ -290,7 +290,25 @@ def _check_policies(config: Config, old_registries: dict[str, RegistryRow], prun
                 else f"{ref!r} is not a registry in this file or in the store"
             )
             raise ConfigError(problem, field=f"policies[{i}].{side}")
+        _check_capabilities(policy, types[str(policy.src_registry)], f"policies[{i}]")
         _check_targets(policy, types[str(policy.dest_registry)], f"policies[{i}].dest_namespace")
+
+
+def _check_capabilities(policy: Policy, src_type: str, where: str) -> None:
+    """The source's adapter says which filters, resource types and triggers it can honour: a
+    label filter on a registry without labels would otherwise select nothing, silently."""
+    info = adapter_info(src_type)
+    for j, f in enumerate(policy.filters):
+        if f.type not in info.filters:
+            raise ConfigError(f"registry type {src_type!r} does not support {f.type} filters "
+                              f"(it supports: {', '.join(info.filters)})", field=f"{where}.filters[{j}].type")
+        if f.type == "resource" and f.value not in info.resource_types:
+            raise ConfigError(f"registry type {src_type!r} holds no {f.value!r} resources "
+                              f"(it holds: {', '.join(info.resource_types)})",
+                              field=f"{where}.filters[{j}].value")
+    if policy.trigger.type not in info.triggers:
+        raise ConfigError(f"registry type {src_type!r} does not support {policy.trigger.type} triggers "
+                          f"(it supports: {', '.join(info.triggers)})", field=f"{where}.trigger.type")
 
 
 def _check_targets(policy: Policy, dest_type: str, field: str) -> None:

@@ -21,10 +21,14 @@ def test_top_level_packages_resolve_inside_the_repository():
 def test_adapter_registry_is_explicit_and_refuses_unknown_types():
     import pytest
 
-    from adapters import ADAPTERS, adapter_info
+    from adapters import ADAPTERS, HARBOR_TYPES, adapter_info
     from adapters.errors import ConfigError
 
-    assert set(ADAPTERS) == {"docker-registry"}
-    assert adapter_info("docker-registry").type == "docker-registry"
-    with pytest.raises(ConfigError, match="not supported"):
-        adapter_info("harbor")
+    for type_, factory in ADAPTERS.items():
+        assert adapter_info(type_).type == type_ == factory.info.type
+    assert HARBOR_TYPES[0] == "docker-registry"
+    # Harbor's types are taken in order: one not done yet is named as such, not as unknown.
+    with pytest.raises(ConfigError, match="Harbor type regflow does not support yet"):
+        adapter_info("dtr")
+    with pytest.raises(ConfigError, match="'quay-enterprise' is not supported"):
+        adapter_info("quay-enterprise")

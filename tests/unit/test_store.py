@@ -211,6 +211,18 @@ def bad_unknown_type() -> dict[str, Any]:
     return data
 
 
+def bad_planned_type() -> dict[str, Any]:
+    data = config_data()
+    data["registries"][1]["type"] = "dtr"
+    return data
+
+
+def bad_label_filter_on_plain_registry() -> dict[str, Any]:
+    data = config_data()
+    data["policies"][1]["filters"] = [{"type": "name", "value": "**"}, {"type": "label", "value": "prod"}]
+    return data
+
+
 def bad_unknown_field() -> dict[str, Any]:
     data = config_data()
     data["registries"][0]["colour"] = "blue"
@@ -223,10 +235,14 @@ def bad_unknown_field() -> dict[str, Any]:
         # Config's cross-reference check names the field in its message only.
         (bad_unknown_registry, None, r"policies\[1\] \('mirror-team-b'\)\.dest_registry: 'nowhere' is not"),
         (bad_unknown_type, "registries[1].type", "registry type 'quay-enterprise' is not supported"),
+        (bad_planned_type, "registries[1].type", "'dtr' is a Harbor type regflow does not support yet"),
+        (bad_label_filter_on_plain_registry, "policies[1].filters[1].type",
+         "registry type 'docker-registry' does not support label filters"),
         (bad_unknown_field, "registries[0].colour", "Extra inputs are not permitted"),
         (lambda: "version: 1\nregistries: [\n  - name: src\n", None, "line 3, column"),
     ],
-    ids=["unknown-registry", "unknown-type", "unknown-field", "malformed-yaml"],
+    ids=["unknown-registry", "unknown-type", "planned-type", "label-filter-on-plain-registry",
+         "unknown-field", "malformed-yaml"],
 )
 def test_bad_input_leaves_the_store_untouched(
     store: Store, db_file: Path, tmp_path: Path, bad: Any, field: str | None, message: str
