@@ -6,13 +6,26 @@ Plugins add their own type with ``register_adapter``.
 
 from __future__ import annotations
 
+from adapters.acr import AcrAdapter
+from adapters.artifactory import ArtifactoryAdapter
 from adapters.base import Adapter, AdapterFactory, AdapterInfo, Health
+from adapters.chartmuseum import ChartMuseumAdapter
+from adapters.ecr import EcrAdapter
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
+from adapters.gcr import GcrAdapter
+from adapters.harbor import HarborAdapter
 from adapters.native import NativeAdapter
 
 ADAPTERS: dict[str, AdapterFactory] = {
     "docker-registry": NativeAdapter,
+    "harbor": HarborAdapter,
+    "jfrog-artifactory": ArtifactoryAdapter,
+    "azure-acr": AcrAdapter,
+    "google-gcr": GcrAdapter,
+    "aws-ecr": EcrAdapter,
+    # Not a Harbor type: a read-only source that turns a ChartMuseum repository into OCI charts.
+    "chartmuseum": ChartMuseumAdapter,
 }
 
 # Harbor's registry type strings, in the order regflow takes them on, so that a Harbor user's

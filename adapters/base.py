@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
 from adapters.distribution.client import DistributionClient
 from adapters.endpoint import Endpoint
+from adapters.oci import Digest
 
 
 class AdapterInfo(BaseModel):
@@ -26,6 +27,8 @@ class AdapterInfo(BaseModel):
     max_path_components: int | None = None
     supports_tag_deletion: bool = False
     supports_mount: bool = True
+    # False for read-only sources (ChartMuseum): a policy may not name them as dest_registry.
+    can_be_target: bool = True
 
 
 class Health(BaseModel):
@@ -35,7 +38,10 @@ class Health(BaseModel):
 
 class Adapter(Protocol):
     info: AdapterInfo
-    client: DistributionClient
+
+    # Read-only here, so that an adapter may hold a client subclass (ChartMuseum's virtual one).
+    @property
+    def client(self) -> DistributionClient: ...
 
     async def health(self) -> Health: ...
 
@@ -46,6 +52,62 @@ class Adapter(Protocol):
     async def prepare_for_push(self, repositories: Sequence[str]) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+# cosign's tag for what it attaches to ``<alg>:<hex>``: ``<alg>-<hex>.<suffix>``. Registries
+# without the OCI referrers API (distribution 2.8 among them) are searched only there by
+# ``cosign verify`` / ``verify-attestation`` / ``download sbom``.
+COSIGN_SIGNATURE_SUFFIX = "sig"
+COSIGN_ATTESTATION_SUFFIX = "att"
+COSIGN_SBOM_SUFFIX = "sbom"
+
+
+class Accessory(BaseModel):
+    """Something attached to an artifact rather than tagged for its own sake (Harbor's word):
+    a cosign signature, an attestation, an SBOM. It travels with its subject."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Harbor's accessory type: signature.cosign, attestation.intoto, harbor.sbom, signature.notation, ...
+    type: str
+    digest: Digest
+    subject_digest: Digest
+
+    @property
+    def cosign_tag(self) -> str | None:
+        """The tag cosign gives this accessory, or None for kinds cosign does not tag (notation
+        signatures, Nydus accelerations), which only the referrers API can find."""
+        kind = self.type.lower()
+        if kind == "signature.cosign":
+            suffix = COSIGN_SIGNATURE_SUFFIX
+        elif kind.startswith("attestation."):
+            suffix = COSIGN_ATTESTATION_SUFFIX
+        elif "sbom" in kind:
+            suffix = COSIGN_SBOM_SUFFIX
+        else:
+            return None
+        return f"{self.subject_digest.algorithm}-{self.subject_digest.hex}.{suffix}"
+
+
+class Artifact(BaseModel):
+    """One manifest of a repository as a registry with an artifact API describes it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    digest: Digest
+    # Harbor's artifact type: IMAGE, CHART, CNAB, ... (upper case there; compare without case).
+    type: str = "IMAGE"
+    tags: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    accessories: tuple[Accessory, ...] = ()
+
+
+@runtime_checkable
+class ArtifactLister(Protocol):
+    """What an adapter offers on top of :class:`Adapter` when its registry knows artifacts, not
+    only tags (Harbor: labels, types, accessories). Discovery uses it when present."""
+
+    async def list_artifacts(self, repository: str) -> list[Artifact]: ...
 
 
 class AdapterFactory(Protocol):

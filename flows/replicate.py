@@ -111,7 +111,7 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
         plan = await make_plan(source, target, loaded.policy, found)
         specs = plan.specs(loaded.policy)
         logger.info("plan: %d repositories, %d with tags to transfer", len(plan.repositories), len(specs))
-        await prepare(target, plan)
+        await prepare(target, plan, source)
         results = await _transfer_all(source, target, specs, stop, loaded.policy.speed)
         verified = await _verify(source, target, loaded.policy, found, stop)
     execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "",

@@ -22,6 +22,7 @@ from adapters.errors import ConfigError
 from adapters.oci.reference import REPOSITORY_RE
 
 if TYPE_CHECKING:
+    from adapters.base import Artifact
     from policies.models import Filter
 
 RESOURCE_TYPES: Final = frozenset({"image", "artifact", "chart"})
@@ -215,13 +216,53 @@ def literal_names(filters: Sequence[Filter]) -> list[str] | None:
     return None
 
 
+LABEL_SEPARATOR: Final = ","
+
+
+def label_names(value: str) -> list[str]:
+    """The labels one ``label`` filter names: Harbor's filter holds a list, ours a comma list."""
+    return [name.strip() for name in value.split(LABEL_SEPARATOR) if name.strip()]
+
+
+def has_label_filters(filters: Sequence[Filter]) -> bool:
+    return any(f.type == "label" and label_names(f.value) for f in filters)
+
+
 def select_by_labels(labels_of_artifact: Iterable[str], filters: Sequence[Filter]) -> bool:
-    """Whether an artifact with these labels passes every ``label`` filter (exact names)."""
+    """Whether an artifact with these labels passes every ``label`` filter (exact names).
+
+    Harbor's semantics, per filter: ``matches`` keeps an artifact carrying every label listed;
+    ``excludes`` keeps one that does not carry all of them (so ``excludes a,b`` still keeps an
+    artifact labelled only ``a``; write two filters to exclude either).
+    """
     labels = set(labels_of_artifact)
     for f in filters:
-        if f.type == "label" and f.value and (f.value in labels) == (f.decoration == "excludes"):
+        if f.type != "label":
+            continue
+        wanted = label_names(f.value)
+        if wanted and all(name in labels for name in wanted) == (f.decoration == "excludes"):
             return False
     return True
+
+
+def select_artifacts(artifacts: Iterable[Artifact], filters: Sequence[Filter]) -> list[Artifact]:
+    """The artifacts the ``tag``, ``label`` and ``resource`` filters keep, each with only the tags
+    the tag filters selected; an artifact left without a tag is dropped (transfers go by tag).
+
+    As in Harbor, ``resource: image`` keeps IMAGE artifacts only, while ``artifact`` and
+    ``chart`` narrow nothing (every artifact is one).
+    """
+    only_images = "image" in (resource_types(filters) or ())
+    selected: list[Artifact] = []
+    for artifact in artifacts:
+        if only_images and artifact.type.lower() != "image":
+            continue
+        if not select_by_labels(artifact.labels, filters):
+            continue
+        tags = select_tags(artifact.tags, filters)
+        if tags:
+            selected.append(artifact.model_copy(update={"tags": tuple(tags)}))
+    return selected
 
 
 def resource_types(filters: Sequence[Filter]) -> frozenset[str] | None:

@@ -313,6 +313,9 @@ def _check_capabilities(policy: Policy, src_type: str, where: str) -> None:
 
 def _check_targets(policy: Policy, dest_type: str, field: str) -> None:
     info = adapter_info(dest_type)
+    if not info.can_be_target:
+        raise ConfigError(f"registry type {dest_type!r} can only be a source", field=field.rsplit(".", 1)[0]
+                          + ".dest_registry")
     for name in literal_names(policy.filters) or []:
         try:
             target = replace_namespace(name, policy.dest_namespace, policy.dest_namespace_replace_count)

@@ -10,6 +10,14 @@ this flow then
 3. on a 401, reads the ``WWW-Authenticate`` challenge, gets a token (or switches to basic) and
    sends the request once more.
 
+Credentials are a static user and password, or come from a *credential provider*: an async
+callable returning fresh ``RegistryCredentials`` and until when they hold. Vendor adapters use
+it for credentials that expire (ECR's 12-hour passwords, Google OAuth2 access tokens, ACR
+refresh tokens); the flow asks again shortly before the expiry, or once when the registry
+refuses what it was given. A credential marked ``refresh_token`` is an OAuth2 refresh token
+(Docker's "identity token"): it is exchanged with ``POST grant_type=refresh_token`` as the
+distribution token spec's OAuth2 flow says, never sent as a password.
+
 Requests with a body that cannot be replayed (streamed blob uploads) only work if the scope was
 authorised beforehand, which the client arranges by starting every upload with a POST.
 """
@@ -20,12 +28,12 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from adapters.errors import AuthenticationError, TransportError
 
@@ -37,6 +45,11 @@ TOKEN_EXPIRY_MARGIN_SECONDS = 10.0
 DEFAULT_TOKEN_LIFETIME_SECONDS = 60.0
 # A token service answer larger than this is not a token.
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
+# A provider's credentials are renewed this long before they expire: long enough for a token
+# fetch and the start of an upload made with them to finish inside their lifetime.
+CREDENTIAL_REFRESH_MARGIN_SECONDS = 300.0
+# The OAuth2 client_id sent with refresh-token grants (the spec requires one; any name will do).
+OAUTH_CLIENT_ID = "regflow"
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -67,6 +80,29 @@ def normalize_scope(scope: str) -> str:
     return f"{head}:{','.join(sorted(actions.split(',')))}" if head else scope
 
 
+class RegistryCredentials(BaseModel):
+    """What a credential provider hands the auth flow. ``expires_at`` is a ``time.time()``
+    instant (None: valid until the registry refuses it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    username: str
+    password: SecretStr
+    expires_at: float | None = None
+    # The password is an OAuth2 refresh token, exchanged by POST instead of sent as Basic.
+    refresh_token: bool = False
+
+    def usable(self) -> bool:
+        return self.expires_at is None or time.time() < self.expires_at - CREDENTIAL_REFRESH_MARGIN_SECONDS
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password.get_secret_value()}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+CredentialProvider = Callable[[], Awaitable[RegistryCredentials]]
+
+
 @dataclass
 class _Token:
     value: str
@@ -88,26 +124,53 @@ class RegistryAuth(httpx.Auth):
         token_client: httpx.AsyncClient,
     ) -> None:
         self._host = registry_host
-        self._username = username
-        self._password = password
+        self._username = username  # for the repr; the password lives only in _static
+        self._static = (RegistryCredentials(username=username, password=password)
+                        if username is not None and password is not None else None)
+        self._provider: CredentialProvider | None = None
+        self._provided: RegistryCredentials | None = None
+        self._provider_lock = asyncio.Lock()
         self._token_client = token_client
         self._bearer: Challenge | None = None  # realm/service, learned from the first challenge
         self._basic_only = False
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self.token_fetches = 0  # for tests and benchmarks: how often we asked the realm
+        self.credential_fetches = 0  # how often the credential provider was asked
 
     def __repr__(self) -> str:
         return f"RegistryAuth(host={self._host!r}, user={self._username!r})"
 
+    def use_credential_provider(self, provider: CredentialProvider) -> None:
+        """From now on take credentials from ``provider`` instead of the static user and
+        password; tokens obtained with the old credentials are forgotten."""
+        self._provider = provider
+        self._provided = None
+        self._tokens.clear()
+
     @property
     def has_credentials(self) -> bool:
-        return self._username is not None and self._password is not None
+        return self._provider is not None or self._static is not None
 
-    def _basic_header(self) -> str:
-        assert self._username is not None and self._password is not None
-        raw = f"{self._username}:{self._password.get_secret_value()}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+    async def _credentials(self) -> RegistryCredentials | None:
+        """The static credentials, or the provider's current ones (asked again near expiry)."""
+        if self._provider is None:
+            return self._static
+        async with self._provider_lock:
+            current = self._provided
+            if current is None or not current.usable():
+                self.credential_fetches += 1
+                current = await self._provider()
+                self._provided = current
+            return current
+
+    def _forget(self, refused: RegistryCredentials | None) -> bool:
+        """Drop provider credentials the registry refused, so the next use asks for new ones.
+        False when there is nothing new to hope for (static, or already replaced)."""
+        if self._provider is None or refused is None or self._provided is not refused:
+            return False
+        self._provided = None
+        return True
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         raise RuntimeError("RegistryAuth is used with httpx.AsyncClient only")
@@ -123,7 +186,7 @@ class RegistryAuth(httpx.Auth):
             return
 
         scopes = tuple(request.extensions.get(SCOPES_EXTENSION, ()))
-        await self._authorize(request, scopes, fetch=self._bearer is not None)
+        sent = await self._authorize(request, scopes, fetch=self._bearer is not None)
         response = yield request
         if response.status_code != 401:
             return
@@ -132,8 +195,12 @@ class RegistryAuth(httpx.Auth):
         if challenge is None:
             return
         if challenge.scheme == "basic":
-            if not self.has_credentials or "Authorization" in request.headers:
-                return  # nothing new to offer; the caller turns the 401 into an error
+            if not self.has_credentials:
+                return
+            # Refused Basic credentials: only a provider's (revoked or expired early) may be
+            # worth replacing; otherwise the caller turns the 401 into an error.
+            if "Authorization" in request.headers and not self._forget(sent):
+                return
             self._basic_only = True
         elif challenge.scheme == "bearer" and "realm" in challenge.params:
             self._bearer = challenge
@@ -147,12 +214,17 @@ class RegistryAuth(httpx.Auth):
         await self._authorize(request, scopes, fetch=True)
         yield request
 
-    async def _authorize(self, request: httpx.Request, scopes: tuple[str, ...], *, fetch: bool) -> None:
-        if self._basic_only and self.has_credentials:
-            request.headers["Authorization"] = self._basic_header()
-            return
+    async def _authorize(self, request: httpx.Request, scopes: tuple[str, ...], *,
+                         fetch: bool) -> RegistryCredentials | None:
+        """Set the request's Authorization; returns the Basic credentials sent, if any."""
+        if self._basic_only:
+            credentials = await self._credentials()
+            if credentials is not None and not credentials.refresh_token:
+                request.headers["Authorization"] = credentials.basic_header()
+                return credentials
+            return None
         if self._bearer is None:
-            return
+            return None
         token = self._tokens.get(scopes)
         if token is not None and not token.fresh():
             token = None
@@ -162,6 +234,7 @@ class RegistryAuth(httpx.Auth):
             token = await self._token_for(scopes)
         if token is not None:
             request.headers["Authorization"] = f"Bearer {token.value}"
+        return None
 
     async def _token_for(self, scopes: tuple[str, ...]) -> _Token:
         lock = self._locks.setdefault(scopes, asyncio.Lock())
@@ -169,33 +242,52 @@ class RegistryAuth(httpx.Auth):
             token = self._tokens.get(scopes)
             if token is not None and token.fresh():
                 return token  # another coroutine fetched it while we waited
-            token = await self._fetch_token(scopes)
+            credentials = await self._credentials()
+            try:
+                token = await self._fetch_token(scopes, credentials)
+            except AuthenticationError as exc:
+                # A provider's credentials refused by the token service: ask for new ones once.
+                if exc.status != 401 or not self._forget(credentials):
+                    raise
+                token = await self._fetch_token(scopes, await self._credentials())
             self._tokens[scopes] = token
             return token
 
-    async def _fetch_token(self, scopes: tuple[str, ...]) -> _Token:
+    async def _fetch_token(self, scopes: tuple[str, ...], credentials: RegistryCredentials | None) -> _Token:
         assert self._bearer is not None
         realm = self._bearer.params["realm"]
-        params: list[tuple[str, str | int | float | bool | None]] = []
-        if "service" in self._bearer.params:
-            params.append(("service", self._bearer.params["service"]))
-        params.extend(("scope", s) for s in scopes)
-        headers = {"Authorization": self._basic_header()} if self.has_credentials else {}
+        service = self._bearer.params.get("service")
         self.token_fetches += 1
         try:
-            response = await self._token_client.get(realm, params=params, headers=headers)
+            if credentials is not None and credentials.refresh_token:
+                # distribution's OAuth2 token flow: scopes space-separated in one form field.
+                form = {"grant_type": "refresh_token", "client_id": OAUTH_CLIENT_ID,
+                        "refresh_token": credentials.password.get_secret_value()}
+                if service is not None:
+                    form["service"] = service
+                if scopes:
+                    form["scope"] = " ".join(scopes)
+                response = await self._token_client.post(realm, data=form)
+            else:
+                params: list[tuple[str, str | int | float | bool | None]] = []
+                if service is not None:
+                    params.append(("service", service))
+                params.extend(("scope", s) for s in scopes)
+                headers = {"Authorization": credentials.basic_header()} if credentials is not None else {}
+                response = await self._token_client.get(realm, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise TransportError(f"token service {httpx.URL(realm).host} unreachable: "
                                  f"{type(exc).__name__}") from None
+        method = response.request.method
         if response.status_code in (401, 403):
             raise AuthenticationError(
                 f"token service refused the credentials for {self._host}",
-                status=response.status_code, method="GET", url=realm,
+                status=response.status_code, method=method, url=realm,
             )
         if response.status_code != 200 or len(response.content) > MAX_TOKEN_RESPONSE_BYTES:
             raise AuthenticationError(
                 f"token service answered {response.status_code} for {self._host}",
-                status=response.status_code, method="GET", url=realm,
+                status=response.status_code, method=method, url=realm,
                 transient=response.status_code >= 500,
             )
         try:
@@ -205,7 +297,7 @@ class RegistryAuth(httpx.Auth):
             value = None
         if not isinstance(value, str) or not value:
             raise AuthenticationError(f"token service for {self._host} sent no token",
-                                      status=response.status_code, method="GET", url=realm)
+                                      status=response.status_code, method=method, url=realm)
         return _Token(value=value, expires_at=_expiry(body))
 
 

@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +100,11 @@ def repo_scope(repository: str, actions: str) -> str:
 
 CATALOG_SCOPE = "registry:catalog:*"
 
+# Sees every registry answer (success or error) before the client reads it, e.g. to follow a
+# vendor's rate-limit headers; the seconds it returns hold every further request to the
+# registry, exactly like a 429's Retry-After. None: carry on. It must not raise.
+ResponseObserver = Callable[[httpx.Response], float | None]
+
 
 class DistributionClient:
     def __init__(
@@ -108,9 +113,11 @@ class DistributionClient:
         *,
         max_connections: int = MAX_CONNECTIONS_PER_HOST,
         transport: httpx.AsyncBaseTransport | None = None,
+        response_observer: ResponseObserver | None = None,
     ) -> None:
         self.endpoint = endpoint
-        verify = _tls_verify(endpoint)
+        self._observer = response_observer
+        verify = tls_verify(endpoint)
         timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS,
                                 write=READ_TIMEOUT_SECONDS, pool=None)
         limits = httpx.Limits(max_connections=max_connections,
@@ -148,9 +155,18 @@ class DistributionClient:
 
     # -- plumbing --------------------------------------------------------------------------
 
+    def remote_name(self, repository: str) -> str:
+        """The name the registry itself knows ``repository`` by: the same, unless a vendor
+        client maps it (Docker Hub reads ``nginx`` as ``library/nginx``). Paths and token
+        scopes use it; callers and messages keep the caller's name."""
+        return repository
+
+    def _scope(self, repository: str, actions: str) -> str:
+        return repo_scope(self.remote_name(repository), actions)
+
     def _path(self, repository: str, kind: str, ref: str = "") -> str:
         tail = f"/{quote(ref, safe=':@')}" if ref else "/"
-        return f"{self.endpoint.prefix}/v2/{repository}/{kind}{tail}"
+        return f"{self.endpoint.prefix}/v2/{self.remote_name(repository)}/{kind}{tail}"
 
     def _absolute(self, location: str) -> str:
         # Upload locations may be relative; resolve against the registry, not the last request.
@@ -172,18 +188,25 @@ class DistributionClient:
         with _transport_errors(method, url if "://" in url else f"//{self.host}{url}"):
             # Always streamed, so that an error body is read only up to its cap.
             response = await self._http.send(request, stream=True)
+            if self._observer is not None:
+                self.hold_for(self._observer(response))
             if response.status_code not in ok:
                 try:
                     error = await _error_from(response)
-                    if isinstance(error, RateLimitedError) and error.retry_after:
-                        self._hold_until = max(self._hold_until, time.monotonic() + min(
-                            error.retry_after, MAX_HOLD_SECONDS))
+                    if isinstance(error, RateLimitedError):
+                        self.hold_for(error.retry_after)
                     raise error
                 finally:
                     await response.aclose()
             if not stream:
                 await response.aread()
         return response
+
+    def hold_for(self, seconds: float | None) -> None:
+        """Send nothing more to this registry for ``seconds`` (at most MAX_HOLD_SECONDS)."""
+        if seconds:
+            self._hold_until = max(self._hold_until,
+                                   time.monotonic() + min(seconds, MAX_HOLD_SECONDS))
 
     async def _hold(self) -> None:
         """Wait out a registry's Retry-After before any further request to it."""
@@ -226,7 +249,7 @@ class DistributionClient:
         for _ in range(MAX_PAGES):
             if url is None:
                 return tags
-            response = await self._send("GET", url, scopes=(repo_scope(repository, "pull"),), ok=(200,))
+            response = await self._send("GET", url, scopes=(self._scope(repository, "pull"),), ok=(200,))
             tags.extend(_json_list(response, "tags"))
             url = _next_link(response)
         raise ContentError(f"tag list of {repository} did not end after {MAX_PAGES} pages")
@@ -238,7 +261,7 @@ class DistributionClient:
         try:
             response = await self._send(
                 "HEAD", self._path(repository, "manifests", ref),
-                scopes=(repo_scope(repository, "pull"),), ok=(200,),
+                scopes=(self._scope(repository, "pull"),), ok=(200,),
                 headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
             )
         except NotFoundError:
@@ -257,7 +280,7 @@ class DistributionClient:
     async def get_manifest(self, repository: str, ref: str) -> Manifest:
         response = await self._send(
             "GET", self._path(repository, "manifests", ref),
-            scopes=(repo_scope(repository, "pull"),), ok=(200,), stream=True,
+            scopes=(self._scope(repository, "pull"),), ok=(200,), stream=True,
             headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
         )
         async with _closing(response):
@@ -281,7 +304,7 @@ class DistributionClient:
         """Push the manifest's exact bytes under a tag or its own digest."""
         await self._send(
             "PUT", self._path(repository, "manifests", ref),
-            scopes=(repo_scope(repository, "pull,push"),), ok=(200, 201, 202),
+            scopes=(self._scope(repository, "pull,push"),), ok=(200, 201, 202),
             content=manifest.raw, headers={"Content-Type": manifest.media_type},
         )
         return manifest.digest
@@ -290,7 +313,7 @@ class DistributionClient:
         """Delete by digest (distribution refuses deletion by tag). False when already gone."""
         try:
             await self._send("DELETE", self._path(repository, "manifests", digest),
-                             scopes=(repo_scope(repository, "delete"),), ok=(200, 202))
+                             scopes=(self._scope(repository, "delete"),), ok=(200, 202))
         except NotFoundError:
             return False
         return True
@@ -301,7 +324,7 @@ class DistributionClient:
         """The blob's size when the repository has it, else None."""
         try:
             response = await self._send("HEAD", self._path(repository, "blobs", digest),
-                                        scopes=(repo_scope(repository, "pull"),), ok=(200,))
+                                        scopes=(self._scope(repository, "pull"),), ok=(200,))
         except NotFoundError:
             return None
         return int(response.headers.get("Content-Length", "0") or 0)
@@ -310,7 +333,7 @@ class DistributionClient:
     async def open_blob(self, repository: str, digest: Digest, offset: int = 0) -> AsyncIterator[BlobStream]:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = await self._send("GET", self._path(repository, "blobs", digest),
-                                    scopes=(repo_scope(repository, "pull"),), ok=(200, 206),
+                                    scopes=(self._scope(repository, "pull"),), ok=(200, 206),
                                     stream=True, headers=headers)
         async with _closing(response):
             length = response.headers.get("Content-Length")
@@ -324,11 +347,11 @@ class DistributionClient:
                            mount_from: str | None = None) -> str | None:
         """POST an upload. With ``mount``: None when the registry mounted the blob (201),
         else the upload location to use instead (202)."""
-        scopes: tuple[str, ...] = (repo_scope(repository, "pull,push"),)
+        scopes: tuple[str, ...] = (self._scope(repository, "pull,push"),)
         params: dict[str, str] = {}
         if mount is not None and mount_from is not None:
-            scopes = (*scopes, repo_scope(mount_from, "pull"))
-            params = {"mount": str(mount), "from": mount_from}
+            scopes = (*scopes, self._scope(mount_from, "pull"))
+            params = {"mount": str(mount), "from": self.remote_name(mount_from)}
         response = await self._send("POST", self._path(repository, "blobs", "uploads") + "/",
                                     scopes=scopes, ok=(201, 202), params=params)
         if response.status_code == 201 and mount is not None:
@@ -342,7 +365,7 @@ class DistributionClient:
                        body: AsyncIterable[bytes] | bytes) -> None:
         """Monolithic upload: the whole blob in the closing PUT of an upload session."""
         await self._send("PUT", _with_digest(location, digest),
-                         scopes=(repo_scope(repository, "pull,push"),), ok=(201, 204),
+                         scopes=(self._scope(repository, "pull,push"),), ok=(201, 204),
                          content=body, headers={"Content-Type": "application/octet-stream",
                                                 "Content-Length": str(size)})
 
@@ -350,7 +373,7 @@ class DistributionClient:
                           body: AsyncIterable[bytes] | bytes) -> str:
         """Append ``length`` bytes at ``offset``; returns the next upload location."""
         response = await self._send(
-            "PATCH", location, scopes=(repo_scope(repository, "pull,push"),), ok=(202,),
+            "PATCH", location, scopes=(self._scope(repository, "pull,push"),), ok=(202,),
             content=body, headers={"Content-Type": "application/octet-stream",
                                    "Content-Range": f"{offset}-{offset + length - 1}",
                                    "Content-Length": str(length)},
@@ -359,7 +382,7 @@ class DistributionClient:
 
     async def upload_status(self, repository: str, location: str) -> UploadStatus:
         """Where an interrupted upload stands (the registry's ``Range: 0-N``)."""
-        response = await self._send("GET", location, scopes=(repo_scope(repository, "pull,push"),),
+        response = await self._send("GET", location, scopes=(self._scope(repository, "pull,push"),),
                                     ok=(204,))
         last = response.headers.get("Range", "").rpartition("-")[2]
         # distribution answers "0-0" for an empty upload too; reading it as empty costs at most
@@ -369,12 +392,12 @@ class DistributionClient:
 
     async def complete_upload(self, repository: str, location: str, digest: Digest) -> None:
         await self._send("PUT", _with_digest(location, digest),
-                         scopes=(repo_scope(repository, "pull,push"),), ok=(201, 204),
+                         scopes=(self._scope(repository, "pull,push"),), ok=(201, 204),
                          headers={"Content-Length": "0"})
 
     async def cancel_upload(self, repository: str, location: str) -> None:
         try:
-            await self._send("DELETE", location, scopes=(repo_scope(repository, "pull,push"),),
+            await self._send("DELETE", location, scopes=(self._scope(repository, "pull,push"),),
                              ok=(200, 202, 204))
         except RegistryError:
             pass  # best effort: the registry purges abandoned uploads itself
@@ -386,7 +409,7 @@ class DistributionClient:
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
 
-def _tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
+def tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
     """The registry's own CA bundle when it has one (it wins over ``insecure``, as in Harbor,
     and replaces the system's CAs), else the system's CAs unless ``insecure``."""
     if not endpoint.ca_certificate:
@@ -401,6 +424,9 @@ def _tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cadata="\n".join(blocks) + "\n")
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"not a valid PEM CA bundle: {exc}"[:300], field="ca_certificate") from None
+
+
+_tls_verify = tls_verify  # the name tests/integration/test_tls.py imports
 
 
 def _with_digest(location: str, digest: Digest) -> str:
@@ -466,7 +492,8 @@ def _content_range_total(value: str) -> int | None:
     return int(total) if total.isdigit() else None
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (delta-seconds or an HTTP date) as seconds from now."""
     if not value:
         return None
     if value.strip().isdigit():
@@ -500,7 +527,8 @@ async def _error_from(response: httpx.Response) -> RegistryError:
     if status == 404:
         return NotFoundError(message, **kw)
     if status == 429:
-        return RateLimitedError(message, retry_after=_retry_after(response.headers.get("Retry-After")), **kw)
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        return RateLimitedError(message, retry_after=wait, **kw)
     if status >= 500:
         return ServerError(message, **kw)
     # 408 and distribution's BLOB_UPLOAD_UNKNOWN after a restart can succeed on a new attempt.

@@ -30,6 +30,12 @@ OCI_NONDISTRIBUTABLE_LAYER: Final = "application/vnd.oci.image.layer.nondistribu
 OCI_NONDISTRIBUTABLE_LAYER_GZIP: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 OCI_NONDISTRIBUTABLE_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 
+# Helm charts as OCI artifacts (helm push): an image manifest whose config is the chart's
+# metadata, its first layer the chart's .tgz and an optional second layer its provenance file.
+HELM_CONFIG: Final = "application/vnd.cncf.helm.config.v1+json"
+HELM_CHART_CONTENT: Final = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+HELM_CHART_PROVENANCE: Final = "application/vnd.cncf.helm.chart.provenance.v1.prov"
+
 # Sent as the Accept header of manifest requests. OCI comes first so that a registry holding
 # both forms of an image answers with the OCI one.
 MANIFEST_ACCEPT: Final[tuple[str, ...]] = (

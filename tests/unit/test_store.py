@@ -223,6 +223,12 @@ def bad_label_filter_on_plain_registry() -> dict[str, Any]:
     return data
 
 
+def bad_read_only_target() -> dict[str, Any]:
+    data = config_data()
+    data["registries"][1]["type"] = "chartmuseum"
+    return data
+
+
 def bad_unknown_field() -> dict[str, Any]:
     data = config_data()
     data["registries"][0]["colour"] = "blue"
@@ -238,11 +244,12 @@ def bad_unknown_field() -> dict[str, Any]:
         (bad_planned_type, "registries[1].type", "'dtr' is a Harbor type regflow does not support yet"),
         (bad_label_filter_on_plain_registry, "policies[1].filters[1].type",
          "registry type 'docker-registry' does not support label filters"),
+        (bad_read_only_target, "policies[0].dest_registry", "registry type 'chartmuseum' can only be a source"),
         (bad_unknown_field, "registries[0].colour", "Extra inputs are not permitted"),
         (lambda: "version: 1\nregistries: [\n  - name: src\n", None, "line 3, column"),
     ],
     ids=["unknown-registry", "unknown-type", "planned-type", "label-filter-on-plain-registry",
-         "unknown-field", "malformed-yaml"],
+         "read-only-target", "unknown-field", "malformed-yaml"],
 )
 def test_bad_input_leaves_the_store_untouched(
     store: Store, db_file: Path, tmp_path: Path, bad: Any, field: str | None, message: str
