@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,9 +72,7 @@ def _retry_transient(task: object, task_run: object, state: State) -> bool:
       retry_condition_fn=_retry_transient, cache_policy=NO_CACHE, persist_result=False)
 async def transfer(spec: TransferSpec) -> TransferResult:
     run = _RUN.get()
-    async with runtime.registry_slots(run.source.client.host, run.target.client.host):
-        result = await transfer_repository(run.source.client, run.target.client, spec, run.blobs)
-    return _settle(result)
+    return _settle(await transfer_repository(run.source.client, run.target.client, spec, run.blobs))
 
 
 def _settle(result: TransferResult) -> TransferResult:
@@ -151,14 +150,14 @@ async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSp
     _RUN.set(_Run(source, target, blobs))
     if specs:
         await runtime.ensure_registry_limits(source.client.host, target.client.host)
-    slots = asyncio.Semaphore(TRANSFER_CONCURRENCY)
     progress = runtime.Progress(len(specs))
+    waiting = deque(enumerate(specs))
+    done: list[TransferResult | BaseException | None] = [None] * len(specs)
 
     async def one(spec: TransferSpec) -> TransferResult | BaseException:
-        async with slots:
-            if stop.is_set:
-                return ReplicationError(f"not started: {stop.reason}")
-            state: State = await transfer(spec, return_state=True)  # type: ignore[misc]
+        if stop.is_set:
+            return ReplicationError(f"not started: {stop.reason}")
+        state: State = await transfer(spec, return_state=True)  # type: ignore[misc]
         await progress.advance()
         data = await state.aresult(raise_on_failure=False)
         if isinstance(data, TransferIncomplete):
@@ -167,9 +166,18 @@ async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSp
             return data
         return ReplicationError(f"transfer ended {state.type.value}: {state.message}")
 
-    # asyncio.gather over direct task calls: Prefect's .map of async tasks costs ~10x per task.
-    done = await asyncio.gather(*(one(s) for s in specs))
-    return {spec.source_repository: result for spec, result in zip(specs, done, strict=True)}
+    async def lane() -> None:
+        # A lane takes one slot of each registry's cross-run limit for its whole life: asking
+        # Prefect's server per task cost ~2 s a task (measured), more than most transfers.
+        async with runtime.registry_slots(source.client.host, target.client.host):
+            while waiting:
+                i, spec = waiting.popleft()
+                done[i] = await one(spec)
+
+    # Direct task calls in lanes, not Prefect's .map of async tasks (~10x the cost per task).
+    await asyncio.gather(*(lane() for _ in range(min(TRANSFER_CONCURRENCY, len(specs)))))
+    return {spec.source_repository: result if result is not None else ReplicationError("not started")
+            for spec, result in zip(specs, done, strict=True)}
 
 
 async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],

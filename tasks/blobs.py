@@ -15,6 +15,7 @@ Memory stays flat: either kind of upload holds one read chunk (STREAM_CHUNK_BYTE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,21 +82,38 @@ class BlobCopier:
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
                      chunked: bool = False) -> int:
-        """Make ``target_repo`` hold ``blob``; returns the bytes uploaded for it."""
+        """Make ``target_repo`` hold ``blob``; returns the bytes uploaded for it.
+
+        One digest is placed by one caller at a time, from its first request on: two tags of
+        one repository sharing a layer must not upload it twice at once, because distribution
+        rewrites the repository's link file in place and a manifest PUT reading it meanwhile
+        fails with MANIFEST_BLOB_UNKNOWN (seen in the benchmark). A waiter then mounts or
+        finds the blob linked."""
         digest = blob.digest
-        if (target_repo, digest) in self._linked:
-            return 0
-        self.stop.check()
-        pending = self._uploads.get(digest)
-        if pending is not None:
-            # Someone is uploading it to another repository now: wait, then mount.
-            try:
-                await asyncio.shield(pending)
-            except ReplicationError:
-                pass  # their failure is theirs; we try on our own below
-        async with self._slots:
+        while True:
+            if (target_repo, digest) in self._linked:
+                return 0
             self.stop.check()
-            return await self._place(source_repo, target_repo, blob, chunked=chunked)
+            pending = self._uploads.get(digest)
+            if pending is None:
+                break
+            with contextlib.suppress(ReplicationError):  # their failure is theirs; we try again
+                await asyncio.shield(pending)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._uploads[digest] = done
+        try:
+            async with self._slots:
+                self.stop.check()
+                sent = await self._place(source_repo, target_repo, blob, chunked=chunked)
+        except BaseException as exc:
+            done.set_exception(exc if isinstance(exc, ReplicationError) else ReplicationError(str(exc)))
+            done.exception()  # mark retrieved: nobody may be waiting
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            del self._uploads[digest]
+        return sent
 
     async def _place(self, source_repo: str, target_repo: str, blob: Descriptor, *, chunked: bool) -> int:
         digest = blob.digest
@@ -123,23 +141,11 @@ class BlobCopier:
             self._link(target_repo, digest)
             return 0
 
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._uploads.setdefault(digest, done)
-        try:
-            sent = await self._upload_with_retries(source_repo, target_repo, blob, location,
-                                                   chunked=chunked or blob.size > self.chunked_threshold)
-        except BaseException as exc:
-            if self._uploads.get(digest) is done:
-                del self._uploads[digest]  # forget the failure: a retry starts afresh
-            if not done.done():
-                done.set_exception(exc if isinstance(exc, ReplicationError) else ReplicationError(str(exc)))
-                done.exception()  # mark retrieved: nobody may be waiting
-            raise
+        sent = await self._upload_with_retries(source_repo, target_repo, blob, location,
+                                               chunked=chunked or blob.size > self.chunked_threshold)
         self._link(target_repo, digest)
         if resuming:
             self._sessions.drop(target_repo, digest)  # done, whichever way it went up
-        if not done.done():
-            done.set_result(None)
         self.bytes_uploaded += sent
         return sent
 
