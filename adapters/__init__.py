@@ -10,16 +10,24 @@ from adapters.acr import AcrAdapter
 from adapters.artifactory import ArtifactoryAdapter
 from adapters.base import Adapter, AdapterFactory, AdapterInfo, Health
 from adapters.chartmuseum import ChartMuseumAdapter
+from adapters.dockerhub import DockerHubAdapter
 from adapters.ecr import EcrAdapter
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
 from adapters.gcr import GcrAdapter
+from adapters.ghcr import GhcrAdapter
+from adapters.gitlab import GitLabAdapter
 from adapters.harbor import HarborAdapter
 from adapters.native import NativeAdapter
+from adapters.quay import QuayAdapter
 
 ADAPTERS: dict[str, AdapterFactory] = {
     "docker-registry": NativeAdapter,
     "harbor": HarborAdapter,
+    "docker-hub": DockerHubAdapter,
+    "github-ghcr": GhcrAdapter,
+    "quay": QuayAdapter,
+    "gitlab": GitLabAdapter,
     "jfrog-artifactory": ArtifactoryAdapter,
     "azure-acr": AcrAdapter,
     "google-gcr": GcrAdapter,

@@ -4,7 +4,9 @@
 ``POST /token`` with an OAuth2 password grant (form: grant_type=password, username, password,
 service, scope) -> ``{"token", "access_token", "expires_in", "issued_at"}``.
 
-Known users get every action they ask for (unless narrowed with ``allowed_actions``); anonymous
+Known users get every action they ask for (unless narrowed with ``allowed_actions``, or kept to
+some repository prefixes with ``allowed_prefixes``, as a vendor keeps a robot account or a
+deploy token to its organisation or project); anonymous
 callers get an empty access list (the registry then answers 401) unless ``anonymous_pull``.
 Tokens are ES256 JWTs whose header ``kid`` is the libtrust fingerprint of the signing key, which
 is how registry 2.8 matches them against its ``rootcertbundle`` (our self-signed cert).
@@ -82,6 +84,7 @@ class TokenService:
         ttl: int = 300,
         anonymous_pull: bool = False,
         allowed_actions: Mapping[str, Iterable[str]] | None = None,
+        allowed_prefixes: Mapping[str, Iterable[str]] | None = None,
         base_dir: str | Path | None = None,
     ) -> None:
         self.users: dict[str, str] = dict(users) if users else {"regflow": "pw-" + secrets.token_hex(8)}
@@ -92,6 +95,11 @@ class TokenService:
         # user -> the only actions that user may get (users not listed get all they ask for)
         self.allowed_actions: dict[str, frozenset[str]] = {
             u: frozenset(a) for u, a in (allowed_actions or {}).items()
+        }
+        # user -> the only repository prefixes ("acme/" or an exact name) that user gets any
+        # access to (users not listed get every repository)
+        self.allowed_prefixes: dict[str, tuple[str, ...]] = {
+            u: tuple(p) for u, p in (allowed_prefixes or {}).items()
         }
         # When set, every request is answered with this HTTP status (simulate a broken token server).
         self.fail_with: int | None = None
@@ -198,8 +206,14 @@ class TokenService:
             if not authenticated:
                 ok = self.anonymous_pull and sc["type"] == "repository" and "pull" in sc["actions"]
                 sc["actions"] = ["pull"] if ok else []
-            elif username in self.allowed_actions:
-                sc["actions"] = [a for a in sc["actions"] if a in self.allowed_actions[username]]
+            else:
+                if username in self.allowed_actions:
+                    sc["actions"] = [a for a in sc["actions"] if a in self.allowed_actions[username]]
+                prefixes = self.allowed_prefixes.get(username or "")
+                if prefixes is not None and not any(
+                    sc["name"] == p or (p.endswith("/") and sc["name"].startswith(p)) for p in prefixes
+                ):
+                    sc["actions"] = []
             if sc["actions"]:
                 out.append(sc)
         return out
