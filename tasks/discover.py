@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Tag listings in flight at once: one request each, cheap for the registry, and 8 keeps a
 # 2,000-repository catalog to seconds without flooding a small registry.
-LIST_CONCURRENCY = 8
+LIST_CONCURRENCY = 16
 
 
 class Resource(BaseModel):

@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from adapters.acr import REFRESH_TOKEN_USER, AcrAdapter
+from adapters.artifactory import ArtifactoryAdapter
 from adapters.base import Adapter
 from adapters.ecr import EcrAdapter
 from adapters.endpoint import Endpoint
@@ -151,3 +152,55 @@ async def test_acr_refresh_token_user(make_registry, make_corpus) -> None:
     assert requests
     assert {(r.method, r.username, r.status) for r in requests} == {("POST", "acr-identity", 200)}
     assert digests == [p.digest for p in pushed]
+
+
+class _ArtifactoryApiBeside(httpx.AsyncBaseTransport):
+    """Artifactory serves its REST API and its Docker registry on one host: the API part (under
+    /artifactory/) is an in-memory fake, everything else goes to the real registry."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.repositories: list[dict[str, str]] = [{"key": "libs", "type": "LOCAL", "packageType": "docker"}]
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.expected_auth = httpx.BasicAuth(user, password).auth_flow(httpx.Request("GET", "/")).__next__() \
+            .headers["Authorization"]
+        self._real = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.startswith("/artifactory/"):
+            return await self._real.handle_async_request(request)
+        auth = request.headers.get("Authorization")
+        self.calls.append((request.method, request.url.path, auth))
+        if auth != self.expected_auth:
+            return httpx.Response(401, json={"errors": [{"status": 401, "message": "Bad credentials"}]})
+        if request.method == "GET" and request.url.path == "/artifactory/api/repositories":
+            return httpx.Response(200, json=self.repositories)
+        if request.method == "PUT" and request.url.path.startswith("/artifactory/api/repositories/"):
+            key = request.url.path.rsplit("/", 1)[1]
+            self.repositories.append({"key": key, "type": "LOCAL", "packageType": "docker"})
+            return httpx.Response(200, text=f"Successfully created repository '{key}'")
+        return httpx.Response(404, json={"errors": [{"status": 404, "message": "Not Found"}]})
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+
+
+async def test_artifactory_basic_auth_creates_the_repository_key_and_copies(
+        make_registry, make_corpus) -> None:
+    src, pushed = seed(make_registry, make_corpus)
+    user, password = "deployer", "api-key-" + secrets.token_hex(12)
+    dst = make_registry("basic", users={user: password})
+    routes = _ArtifactoryApiBeside(user, password)
+    artifactory = ArtifactoryAdapter(Endpoint(url=dst.url, username=user, password=SecretStr(password)),
+                                     transport=routes)
+    try:
+        results = [await copy_into(src, artifactory, p, f"mirror/{p.repository}") for p in pushed]
+    finally:
+        await artifactory.aclose()
+
+    assert [r.status for r in results] == ["Succeeded", "Succeeded"], [r.error for r in results]
+    # The missing key was created once, over the API, with the same Basic credentials.
+    puts = [path for method, path, _ in routes.calls if method == "PUT"]
+    assert puts == ["/artifactory/api/repositories/mirror"]
+    assert {auth for _, _, auth in routes.calls} == {routes.expected_auth}
+    for p in pushed:
+        assert inspect_raw_digest(dst.ref(f"mirror/{p.repository}", p.tag), dst.creds) == p.digest
