@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from adapters.base import AdapterInfo
 from adapters.distribution.auth import RegistryCredentials
-from adapters.distribution.client import DistributionClient, tls_verify
+from adapters.distribution.client import tls_verify
 from adapters.endpoint import Endpoint
 from adapters.errors import AuthenticationError, ContentError, RegistryError
 from adapters.native import NativeAdapter
@@ -78,9 +78,7 @@ class AcrAdapter(NativeAdapter):
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # NativeAdapter's own __init__ cannot take a transport: same attributes, set here.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         self._clock = clock
         self._tenant: str | None = None
         # The exchange goes to the registry's own host, with the registry's TLS settings.

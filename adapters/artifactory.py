@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from adapters.base import AdapterInfo
-from adapters.distribution.client import DistributionClient, tls_verify
+from adapters.distribution.client import tls_verify
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError, ContentError
 from adapters.native import NativeAdapter
@@ -80,9 +80,7 @@ class ArtifactoryAdapter(NativeAdapter):
         if endpoint.password is not None and not endpoint.username:
             raise ConfigError("jfrog-artifactory needs access_key = the user name that goes with the "
                               "password, API key or access token", field="credential")
-        # NativeAdapter's own __init__ cannot take a transport: same attributes, set here.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         auth = (httpx.BasicAuth(endpoint.username, endpoint.password.get_secret_value())
                 if endpoint.username and endpoint.password is not None else None)
         base = f"{urlsplit(endpoint.url).scheme}://{endpoint.host}{api_path.rstrip('/')}"

@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from adapters.aws_sigv4 import AwsCredentials, SigV4Auth
 from adapters.base import AdapterInfo
 from adapters.distribution.auth import RegistryCredentials
-from adapters.distribution.client import DistributionClient
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     AuthenticationError,
@@ -134,9 +133,7 @@ class EcrAdapter(NativeAdapter):
         self.region = region or (parsed["region"] if parsed else "")
         self.registry_id = registry_id or (parsed["account"] if parsed else "")
         self.api_url = api_url or _api_url(self.region, parsed)
-        # NativeAdapter's own __init__ cannot take a transport: same attributes, set here.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         self._clock = clock
         credentials = AwsCredentials(access_key_id=endpoint.username, secret_access_key=endpoint.password,
                                      session_token=session_token)

@@ -38,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from adapters.base import AdapterInfo
 from adapters.distribution.auth import RegistryCredentials
-from adapters.distribution.client import DistributionClient
 from adapters.endpoint import Endpoint
 from adapters.errors import AuthenticationError, ConfigError, ContentError, RegistryError
 from adapters.native import NativeAdapter
@@ -152,9 +151,7 @@ class GcrAdapter(NativeAdapter):
             # An oauth credential without a user name is the access-token mode: name the user, so
             # that the registry's Basic/bearer flow and the health check see credentials.
             endpoint = endpoint.model_copy(update={"username": ACCESS_TOKEN_USER})
-        # NativeAdapter's own __init__ cannot take a transport: same attributes, set here.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         if ARTIFACT_REGISTRY_HOST.fullmatch(httpx.URL(endpoint.url).host):
             self.info = self.info.model_copy(update={
                 "description": "Google Artifact Registry", "min_path_components": 3})

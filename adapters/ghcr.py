@@ -18,7 +18,6 @@ import httpx
 from pydantic import BaseModel, RootModel
 
 from adapters.base import AdapterInfo
-from adapters.distribution.client import DistributionClient
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError, NotFoundError, PermissionDeniedError
 from adapters.native import NativeAdapter
@@ -72,9 +71,7 @@ class GhcrAdapter(NativeAdapter):
         api_url: str = GITHUB_API_URL,
         owners: Sequence[str] | None = None,
     ) -> None:
-        # NativeAdapter.__init__ is not called: it builds a client without the transport.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         password = endpoint.password
         auth = None
         if password is not None:

@@ -30,7 +30,6 @@ from adapters.distribution.auth import parse_challenge
 from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     USER_AGENT,
-    DistributionClient,
     tls_verify,
 )
 from adapters.endpoint import Endpoint
@@ -107,9 +106,7 @@ class GitLabAdapter(NativeAdapter):
         api_url: str | None = None,
         groups: Sequence[str] | None = None,
     ) -> None:
-        # NativeAdapter.__init__ is not called: it builds a client without the transport.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         self._transport = transport
         self._api_url = api_url.rstrip("/") if api_url else None
         self._api: VendorApi | None = None

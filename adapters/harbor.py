@@ -29,9 +29,6 @@ from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
     USER_AGENT,
-    DistributionClient,
-    # Shared with the distribution client so that both speak the same error and paging
-    # language: one error tree, one same-host rule for Link headers.
     _error_from,
     _next_link,
     _read_at_most,
@@ -251,9 +248,7 @@ class HarborAdapter(NativeAdapter):
     )
 
     def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        # NativeAdapter.__init__ would open a client without the transport: set up both here.
-        self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        super().__init__(endpoint, transport=transport)
         self.api = HarborApi(endpoint, transport=transport)
         # Project name → public, learned while listing; read by project_public().
         self._public: dict[str, bool] = {}

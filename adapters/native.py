@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+import httpx
+
 from adapters.base import AdapterInfo, Health
 from adapters.distribution.client import DistributionClient
 from adapters.endpoint import Endpoint
@@ -20,9 +22,9 @@ class NativeAdapter:
         supports_tag_deletion=False,
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.endpoint = endpoint
-        self.client = DistributionClient(endpoint)
+        self.client = DistributionClient(endpoint, transport=transport)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint.url!r})"
