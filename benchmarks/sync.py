@@ -64,6 +64,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import corpus
+from deployments import resident
 from deployments.processes import LocalPrefectServer
 from tests.support.registry import RegistryProcess, free_port
 
@@ -305,7 +306,13 @@ class Bench:
             if self._server_error is not None:
                 raise RuntimeError(f"local Prefect server failed: {self._server_error}")
 
+    def resident_pid(self) -> int | None:
+        info = resident.read_info(self.home / "prefect")
+        return info.pid if info is not None else None
+
     def close(self) -> None:
+        if (info := resident.read_info(self.home / "prefect")) is not None:
+            resident.stop(info)  # the embedded runs' resident server: ours to end
         if self._server_thread is not None:
             self._server_thread.join()
         if self.server is not None:
@@ -399,15 +406,22 @@ class Bench:
             for cache in SKOPEO_BLOB_INFO_CACHES:
                 cache.unlink(missing_ok=True)
         src_mark, dst_mark = self.src.log_mark(), dst.log_mark()
-        src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(self.server_pid)
+        # The Prefect server this tool talks to: the runner's for regflow-server, the resident
+        # one under REGFLOW_HOME for regflow-embedded (it may start during the run: CPU from 0).
+        server_pid = self.resident_pid() if tool == "regflow-embedded" else self.server_pid
+        src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(server_pid)
         load = load1()
         m = run_measured(commands, env, self.log)
         src_cpu, dst_cpu = tree_cpu(self.src.pid) - src0, tree_cpu(dst.pid) - dst0
-        server_cpu = tree_cpu(self.server_pid) - server0
+        if tool == "regflow-embedded":
+            server_pid = self.resident_pid()
+        server_cpu = tree_cpu(server_pid) - server0
         src_mix, dst_mix = request_mix(self.src, src_mark), request_mix(dst, dst_mark)
         note = ""
         if tool != "skopeo":
             note = _regflow_note(m.stdout, dry_run)
+            if tool == "regflow-embedded" and (pid := self.resident_pid()) is not None:
+                note += f" resident_server_rss={tree_rss(pid) / 2**20:.0f}MiB"
             # The whole --json answer (tools.log keeps only its tail), for a look with --keep.
             outputs = self.workdir / "outputs"
             outputs.mkdir(exist_ok=True)

@@ -1,5 +1,7 @@
 """regflow's default Prefect: with no PREFECT_API_URL, an embedded server whose SQLite database
-lives under REGFLOW_HOME, so executions outlive the process that ran them.
+lives under REGFLOW_HOME, so executions outlive the process that ran them. The server is a
+resident one, kept between calls (deployments/resident.py), unless
+REGFLOW_EMBEDDED_IDLE_SECONDS=0 asks for Prefect's throwaway server per process.
 
 Call ``configure()`` before anything imports prefect: Prefect reads its settings once.
 """
@@ -7,7 +9,9 @@ Call ``configure()`` before anything imports prefect: Prefect reads its settings
 from __future__ import annotations
 
 import os
+import sys
 
+from deployments import resident
 from deployments.processes import SERVER_TUNING
 from policies.home import regflow_home
 
@@ -26,4 +30,12 @@ def configure() -> bool:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for key, value in SERVER_TUNING.items():
         os.environ.setdefault(key, value)
+    try:
+        url = resident.api_url(home, dict(os.environ))
+    except RuntimeError as exc:
+        # Still runnable: Prefect's own throwaway server takes over, slower but whole.
+        print(f"regflow: {exc}; using a temporary Prefect server for this call", file=sys.stderr)
+        url = None
+    if url is not None:
+        os.environ["PREFECT_API_URL"] = url
     return True

@@ -157,7 +157,8 @@ def replicate(
         return
 
     from flows import embedded
-    embedded.configure()
+    with _user_errors():
+        embedded.configure()
     execution = _run_flow(policy, as_json)
     if as_json:
         print(json.dumps(execution.public()))
@@ -286,7 +287,8 @@ def executions(
 ) -> None:
     """Past executions (Prefect flow runs) with their tasks."""
     from flows import embedded
-    embedded.configure()
+    with _user_errors():
+        embedded.configure()
     from flows.history import list_executions
     records = asyncio.run(list_executions(policy, limit))
     if as_json:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deployments import resident
 from tests.support.corpus import CorpusBuilder, ImageKind
 from tests.support.registry import RegistryProcess
 from tests.support.skopeo import inspect_raw_digest
@@ -79,7 +80,11 @@ def main() -> int:
             got = inspect_raw_digest(dst.ref(repo, tag))
             ok &= got == digest
             print(f"  {repo}:{tag} {'ok' if got == digest else 'MISMATCH'} {got}")
-    print(f"\nstate kept in {HOME} (REGFLOW_HOME); registries stopped.")
+    # The regflow calls above shared one resident Prefect server; the demo started it, so it
+    # ends it instead of leaving it for its idle time.
+    if (info := resident.read_info(HOME / "prefect")) is not None:
+        resident.stop(info)
+    print(f"\nstate kept in {HOME} (REGFLOW_HOME); registries and the local Prefect server stopped.")
     return 0 if ok and not any(codes) else 1
 
 

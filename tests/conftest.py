@@ -18,6 +18,7 @@ from tests.support.registry import (
     RegistryMode,
     RegistryProcess,
 )
+from tests.support.residents import stop_watchers_under
 from tests.support.skopeo import SKOPEO_BIN
 from tests.support.token_service import TokenService
 
@@ -169,3 +170,10 @@ def prefect_server() -> Iterator[PrefectServer]:
     """One real Prefect server for the session (~12 s to start): never one per test."""
     with PrefectServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_resident_servers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test ends the resident Prefect servers its `regflow` calls started."""
+    yield
+    stop_watchers_under(tmp_path_factory.getbasetemp())
