@@ -22,12 +22,17 @@ STOP_GRACE_SECONDS = 20.0
 DEFAULT_SERVER_PORT = 4200
 
 # The task-run recorder's defaults cost the server ~40 ms CPU per task run on the reference
-# machine; these batch sizes brought it to ~10 ms (measured, see DESIGN.md).
+# machine; these batch sizes brought it to ~10 ms (measured, see DESIGN.md). A batch that does
+# not fill waits for the flush interval (5 s by default), and `regflow replicate` waits for its
+# task runs to be recorded before it returns: 4 of a small full copy's 10 s went there
+# (measured). Half a second keeps the batching and most of that time.
 SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.5",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
 }
 
 
