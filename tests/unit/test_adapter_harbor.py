@@ -402,3 +402,35 @@ async def test_info_and_factory(monkeypatch):
         assert isinstance(created, HarborAdapter) and isinstance(created, ArtifactLister)
     finally:
         await created.aclose()
+
+
+async def test_the_prepare_step_carries_a_harbor_source_projects_visibility_to_a_harbor_target(
+        fake: FakeHarbor, adapter: HarborAdapter) -> None:
+    from adapters.native import NativeAdapter
+    from tasks.plan import Plan, PlannedRepository
+    from tasks.prepare import prepare
+
+    source_fake = FakeHarbor(host="source.test", users={ROBOT: ROBOT_SECRET})
+    source_fake.add_project("open", public=True)
+    source_fake.add_project("closed", public=False)
+    source = HarborAdapter(Endpoint(url=source_fake.url, username=ROBOT, password=SecretStr(ROBOT_SECRET)),
+                           transport=source_fake.transport())
+    plan = Plan(repositories=[
+        PlannedRepository(source_repository="open/app", target_repository="mirror-open/app", tags=[]),
+        PlannedRepository(source_repository="closed/db", target_repository="mirror-closed/db", tags=[]),
+    ])
+    try:
+        await prepare(adapter, plan, source)
+    finally:
+        await source.aclose()
+    assert fake.created == [{"project_name": "mirror-closed", "metadata": {"public": "false"}},
+                            {"project_name": "mirror-open", "metadata": {"public": "true"}}]
+
+    # A source without projects (plain distribution): projects are created private, and the
+    # target is asked without a visibility map.
+    fake.created.clear()
+    plain = NativeAdapter(Endpoint(url="http://plain.test"))
+    await prepare(adapter, Plan(repositories=[
+        PlannedRepository(source_repository="app", target_repository="mirror-plain/app", tags=[])]), plain)
+    await plain.aclose()
+    assert fake.created == [{"project_name": "mirror-plain", "metadata": {"public": "false"}}]
