@@ -25,14 +25,15 @@ DEFAULT_SERVER_PORT = 4200
 # machine; these batch sizes brought it to ~10 ms (measured, see DESIGN.md). A batch that does
 # not fill waits for the flush interval (5 s by default), and `regflow replicate` waits for its
 # task runs to be recorded before it returns: 4 of a small full copy's 10 s went there
-# (measured). Half a second keeps the batching and most of that time.
+# (measured). One second keeps the batching and most of that time; Prefect truncates the
+# interval to whole seconds, and 0 makes both services spin (a core each, measured).
 SERVER_TUNING = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.5",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
-    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
 }
 
 
