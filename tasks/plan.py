@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel
 
 from adapters import Adapter
-from adapters.distribution.client import DistributionClient, ManifestHead
 from adapters.errors import ConfigError, ReplicationError
 from adapters.oci import Digest, validate_repository
 from policies.models import Policy
@@ -21,8 +20,7 @@ from policies.namespace import check_path_rule, replace_namespace
 from tasks.discover import RepositoryTags
 from tasks.models import TagOutcome, TagPlan, TransferSpec
 
-# HEAD requests in flight at once per registry while planning: the client's connection cap, so
-# no HEAD waits for a socket; a HEAD costs a registry one small metadata read.
+# HEAD requests in flight at once while planning (source and target together).
 PLAN_CONCURRENCY = 16
 
 Action = Literal["copy", "overwrite", "identical", "kept"]
@@ -74,20 +72,15 @@ def target_name(repository: str, policy: Policy, target: Adapter) -> str:
 
 async def make_plan(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
                     measure: bool = False) -> Plan:
-    # One budget per registry: the two HEADs of a tag go out together, not one after the other.
-    src_slots, dst_slots = asyncio.Semaphore(PLAN_CONCURRENCY), asyncio.Semaphore(PLAN_CONCURRENCY)
-    slots = src_slots  # for the manifest reads of --dry-run's sizes
-
-    async def head_of(client: DistributionClient, budget: asyncio.Semaphore, repo: str,
-                   tag: str) -> ManifestHead | None:
-        async with budget:
-            return await client.head_manifest(repo, tag)
+    slots = asyncio.Semaphore(PLAN_CONCURRENCY)
 
     async def plan_tag(src_repo: str, dst_repo: str, tag: str) -> PlannedTag:
-        head, existing = await asyncio.gather(head_of(source.client, src_slots, src_repo, tag),
-                                              head_of(target.client, dst_slots, dst_repo, tag))
+        async with slots:
+            head = await source.client.head_manifest(src_repo, tag)
         if head is None:
             raise ReplicationError(f"{src_repo}:{tag} vanished from the source")
+        async with slots:
+            existing = await target.client.head_manifest(dst_repo, tag)
         action: Action = "copy"
         if existing is not None:
             action = "identical" if existing.digest == head.digest else (
