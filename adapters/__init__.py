@@ -6,6 +6,9 @@ Plugins add their own type with ``register_adapter``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import cast
+
 from adapters.acr import AcrAdapter
 from adapters.artifactory import ArtifactoryAdapter
 from adapters.base import Adapter, AdapterFactory, AdapterInfo, Health
@@ -57,7 +60,20 @@ def adapter_info(type_: str) -> AdapterInfo:
 
 
 def create_adapter(type_: str, endpoint: Endpoint) -> Adapter:
-    return _factory(type_)(endpoint)
+    factory = _factory(type_)
+    check_options(type_, endpoint.options)
+    # The options are keyword arguments of this factory's constructor (checked just above).
+    construct = cast(Callable[..., Adapter], factory)
+    return construct(endpoint, **endpoint.options)
+
+
+def check_options(type_: str, options: Mapping[str, object]) -> None:
+    allowed = _factory(type_).info.options
+    for name in options:
+        if name not in allowed:
+            takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes none"
+            raise ConfigError(f"registry type {type_!r} has no option {name!r} ({takes})",
+                              field=f"options.{name}")
 
 
 def _factory(type_: str) -> AdapterFactory:
@@ -73,4 +89,4 @@ def _factory(type_: str) -> AdapterFactory:
 
 
 __all__ = ["ADAPTERS", "HARBOR_TYPES", "Adapter", "AdapterInfo", "Endpoint", "Health",
-           "adapter_info", "create_adapter", "register_adapter"]
+           "adapter_info", "check_options", "create_adapter", "register_adapter"]

@@ -64,6 +64,7 @@ _REPOSITORIES = TypeAdapter(list[_Repository])
 class ArtifactoryAdapter(NativeAdapter):
     info = AdapterInfo(
         type="jfrog-artifactory",
+        options=("api_path",),
         description="JFrog Artifactory Docker repositories (repository path method: <key>/<image>)",
         # Artifactory's webhooks have their own payload, not one of the kinds regflow receives.
         triggers=("manual", "scheduled"),

@@ -29,6 +29,9 @@ class AdapterInfo(BaseModel):
     supports_mount: bool = True
     # False for read-only sources (ChartMuseum): a policy may not name them as dest_registry.
     can_be_target: bool = True
+    # Keyword options of the adapter's constructor that a registry's ``options:`` may set
+    # (API URL overrides, namespaces to list, ...). Secrets never go here.
+    options: tuple[str, ...] = ()
 
 
 class Health(BaseModel):

@@ -215,6 +215,7 @@ def _jwt_expiry(token: str, now: float) -> float:
 class DockerHubAdapter(NativeAdapter):
     info = AdapterInfo(
         type="docker-hub",
+        options=("api_url", "namespaces"),
         description="Docker Hub (registry-1.docker.io; listing and namespaces through the "
                     "hub.docker.com API; pull rate limit respected)",
         resource_types=("image", "artifact"),

@@ -103,6 +103,7 @@ class _RepositoriesPage(_Answer):
 class EcrAdapter(NativeAdapter):
     info = AdapterInfo(
         type="aws-ecr",
+        options=("api_url", "region", "registry_id"),
         description="Amazon ECR private registry (tokens and repositories through the ECR API)",
         # ECR announces pushes through EventBridge, not webhooks regflow receives.
         triggers=("manual", "scheduled"),

@@ -21,6 +21,8 @@ class Endpoint(BaseModel):
     insecure: bool = False
     # PEM text of a CA bundle; wins over ``insecure`` as in Harbor.
     ca_certificate: str | None = None
+    # The registry's ``options:``, checked against its adapter's ``AdapterInfo.options``.
+    options: dict[str, str | list[str]] = {}
 
     @field_validator("url")
     @classmethod

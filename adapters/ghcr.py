@@ -52,6 +52,7 @@ class GithubOrganisations(RootModel[list[GithubOwner]]):
 class GhcrAdapter(NativeAdapter):
     info = AdapterInfo(
         type="github-ghcr",
+        options=("api_url", "owners"),
         description="GitHub Container Registry (ghcr.io; listing through the GitHub packages API)",
         resource_types=("image", "artifact"),
         filters=("name", "tag"),

@@ -86,6 +86,7 @@ class GitLabProjects(RootModel[list[GitLabProject]]):
 class GitLabAdapter(NativeAdapter):
     info = AdapterInfo(
         type="gitlab",
+        options=("api_url", "groups"),
         description="GitLab container registry (listing and project checks through the GitLab API)",
         resource_types=("image", "artifact"),
         filters=("name", "tag"),

@@ -91,6 +91,7 @@ def split_credentials(endpoint: Endpoint,
 class QuayAdapter(NativeAdapter):
     info = AdapterInfo(
         type="quay",
+        options=("api_url", "namespaces", "visibility"),
         description="Quay (quay.io or self-hosted; listing and repository creation through its API)",
         resource_types=("image", "artifact"),
         filters=("name", "tag"),

@@ -135,6 +135,9 @@ class Registry(_Model):
     insecure: bool = False
     # PEM text or a path to a PEM file; it wins over ``insecure``, as in Harbor.
     ca_certificate: str | None = None
+    # Adapter settings that are not credentials (an API URL, the namespaces to list): each
+    # type names the ones it takes (AdapterInfo.options), checked at apply.
+    options: dict[str, str | list[str]] = Field(default_factory=dict)
 
     @field_validator("type")
     @classmethod

@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import registry as mapper_registry
 from sqlmodel import Session, SQLModel, select
 
-from adapters import adapter_info
+from adapters import adapter_info, check_options
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
 from policies import secrets
@@ -117,7 +117,7 @@ class Store:
         With ``prune``, registries and policies missing from ``config`` are deleted too.
         """
         for i, registry in enumerate(config.registries):
-            _check_type(registry.type, f"registries[{i}].type")
+            _check_type(registry, f"registries[{i}]")
         report = ApplyReport()
         now = datetime.now(UTC)
         with self._transaction() as session:
@@ -171,6 +171,7 @@ class Store:
             password=password,
             insecure=registry.insecure,
             ca_certificate=_ca_text(registry.ca_certificate, name),
+            options=registry.options,
         )
 
     def webhook(self, name: str) -> ResolvedWebhook | None:
@@ -266,11 +267,15 @@ def _bare(exc: ConfigError) -> str:
     return exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
 
 
-def _check_type(type_: str, field: str) -> None:
+def _check_type(registry: Registry, where: str) -> None:
     try:
-        adapter_info(type_)
+        adapter_info(registry.type)
     except ConfigError as exc:
-        raise ConfigError(_bare(exc), field=field) from None
+        raise ConfigError(_bare(exc), field=f"{where}.type") from None
+    try:
+        check_options(registry.type, registry.options)
+    except ConfigError as exc:
+        raise ConfigError(_bare(exc), field=f"{where}.{exc.field}") from None
 
 
 def _check_policies(config: Config, old_registries: dict[str, RegistryRow], prune: bool) -> None:
@@ -338,6 +343,8 @@ def _registry_spec(registry: Registry, old: RegistryRow | None, where: str) -> d
     if registry.webhook is None:
         # Left out, as in rows stored before webhooks existed: re-applying those stays "unchanged".
         del spec["webhook"]
+    if not registry.options:
+        del spec["options"]  # likewise for rows stored before options existed
     old_spec = json.loads(old.spec) if old is not None else {}
     for section, field, secret in _secrets_of(registry):
         old_sealed = (old_spec.get(section) or {}).get(field)

@@ -229,6 +229,12 @@ def bad_read_only_target() -> dict[str, Any]:
     return data
 
 
+def bad_option() -> dict[str, Any]:
+    data = config_data()
+    data["registries"][1]["options"] = {"namespaces": ["team-a"]}
+    return data
+
+
 def bad_unknown_field() -> dict[str, Any]:
     data = config_data()
     data["registries"][0]["colour"] = "blue"
@@ -246,11 +252,13 @@ def bad_unknown_field() -> dict[str, Any]:
          "registry type 'docker-registry' does not support label filters"),
         (bad_read_only_target, "policies[0].dest_registry",
          "registry type 'chartmuseum' can only be a source"),
+        (bad_option, "registries[1].options.namespaces",
+         "registry type 'docker-registry' has no option 'namespaces' \\(it takes none\\)"),
         (bad_unknown_field, "registries[0].colour", "Extra inputs are not permitted"),
         (lambda: "version: 1\nregistries: [\n  - name: src\n", None, "line 3, column"),
     ],
     ids=["unknown-registry", "unknown-type", "planned-type", "label-filter-on-plain-registry",
-         "read-only-target", "unknown-field", "malformed-yaml"],
+         "read-only-target", "option-the-type-does-not-take", "unknown-field", "malformed-yaml"],
 )
 def test_bad_input_leaves_the_store_untouched(
     store: Store, db_file: Path, tmp_path: Path, bad: Any, field: str | None, message: str
@@ -554,3 +562,22 @@ def test_a_broken_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a database URL") as info:
         Store("nonsense with a pw-in-url")
     assert "pw-in-url" not in str(info.value)
+
+
+def test_registry_options_reach_the_adapter_and_an_unchanged_row_stays_unchanged(store: Store) -> None:
+    from adapters import create_adapter
+    from adapters.quay import QuayAdapter
+
+    data = config_data()
+    data["registries"][1].update(type="quay", options={"namespaces": ["acme", "tools"],
+                                                        "visibility": "public"})
+    data["policies"] = [p for p in data["policies"] if p["dest_registry"] != "src"]
+    store.apply(parse_config(data))
+    again = store.apply(parse_config(data))
+    assert "registry dst" in again.unchanged and not again.updated
+    endpoint = store.endpoint("dst")
+    assert endpoint.options == {"namespaces": ["acme", "tools"], "visibility": "public"}
+    adapter = create_adapter("quay", endpoint)
+    assert isinstance(adapter, QuayAdapter)
+    assert adapter.visibility == "public"
+    assert adapter._namespaces == ("acme", "tools")
