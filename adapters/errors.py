@@ -150,6 +150,36 @@ class ServerError(RegistryError):
     transient = True
 
 
+def error_for_status(
+    message: str,
+    *,
+    status: int,
+    method: str = "",
+    url: str = "",
+    codes: tuple[str, ...] = (),
+    detail: str = "",
+    retry_after: float | None = None,
+    transient: bool = False,
+) -> RegistryError:
+    """The one mapping from an HTTP error status onto this tree, for registries and vendor APIs
+    alike. ``transient`` marks an otherwise final answer as worth another try (408 always is)."""
+    if status == 429:
+        return RateLimitedError(message, status=status, method=method, url=url, codes=codes,
+                                detail=detail, retry_after=retry_after)
+    final: type[RegistryError] | None = _BY_STATUS.get(status) or (ServerError if status >= 500 else None)
+    if final is None:
+        return RegistryError(message, status=status, method=method, url=url, codes=codes, detail=detail,
+                             transient=transient or status == 408)
+    return final(message, status=status, method=method, url=url, codes=codes, detail=detail)
+
+
+_BY_STATUS: dict[int, type[RegistryError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+}
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a retry may succeed: the single rule every retry layer asks."""
     return isinstance(exc, ReplicationError) and exc.transient

@@ -30,14 +30,11 @@ from adapters.distribution.client import (
 )
 from adapters.endpoint import Endpoint
 from adapters.errors import (
-    AuthenticationError,
     ContentError,
-    NotFoundError,
-    PermissionDeniedError,
     RateLimitedError,
     RegistryError,
-    ServerError,
     TransportError,
+    error_for_status,
 )
 
 # A GitLab page of 100 repositories with every tag inlined runs to a few MiB; anything beyond
@@ -293,18 +290,10 @@ def _error(response: httpx.Response, body: bytes) -> RegistryError:
     detail = vendor_message(body)
     message = f"{method} {where}: {status}" + (f": {detail}" if detail else "")
     kw: dict[str, Any] = {"status": status, "method": method, "url": where, "detail": detail}
-    if status == 429 or (status == 403 and response.headers.get("X-RateLimit-Remaining") == "0"):
+    if status == 403 and response.headers.get("X-RateLimit-Remaining") == "0":
         # GitHub signals its primary limit as 403 with X-RateLimit-Remaining: 0 and the reset time.
         return RateLimitedError(message, retry_after=_reset_after(response.headers), **kw)
-    if status == 401:
-        return AuthenticationError(message, **kw)
-    if status == 403:
-        return PermissionDeniedError(message, **kw)
-    if status == 404:
-        return NotFoundError(message, **kw)
-    if status >= 500:
-        return ServerError(message, **kw)
-    return RegistryError(message, transient=status == 408, **kw)
+    return error_for_status(message, retry_after=_reset_after(response.headers), **kw)
 
 
 def _reset_after(headers: httpx.Headers) -> float | None:

@@ -16,16 +16,13 @@ from typing import Any
 
 import httpx
 
-from adapters.distribution.client import USER_AGENT
+from adapters.distribution.client import USER_AGENT, retry_after_seconds
 from adapters.errors import (
-    AuthenticationError,
     ContentError,
-    NotFoundError,
-    PermissionDeniedError,
     RateLimitedError,
     RegistryError,
-    ServerError,
     TransportError,
+    error_for_status,
 )
 
 # Control-plane calls answer in well under a second; a minute covers a slow proxy.
@@ -103,20 +100,10 @@ def api_error(what: str, method: str, where: str, status: int, body: bytes, *,
     for code in found:
         cls = (codes or {}).get(code)
         if cls is RateLimitedError:
-            return RateLimitedError(message, retry_after=_seconds(retry_after), **kw)
+            return RateLimitedError(message, retry_after=retry_after_seconds(retry_after), **kw)
         if cls is not None:
             return cls(message, **kw)
-    if status == 401:
-        return AuthenticationError(message, **kw)
-    if status == 403:
-        return PermissionDeniedError(message, **kw)
-    if status == 404:
-        return NotFoundError(message, **kw)
-    if status == 429:
-        return RateLimitedError(message, retry_after=_seconds(retry_after), **kw)
-    if status >= 500:
-        return ServerError(message, **kw)
-    return RegistryError(message, transient=status == 408, **kw)
+    return error_for_status(message, retry_after=retry_after_seconds(retry_after), **kw)
 
 
 def diagnostics(body: bytes) -> tuple[tuple[str, ...], str]:
@@ -161,6 +148,3 @@ async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
             break
     return bytes(buf[:limit])
 
-
-def _seconds(value: str | None) -> float | None:
-    return float(value) if value and value.strip().isdigit() else None

@@ -24,17 +24,15 @@ import httpx
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
 from adapters.endpoint import Endpoint
 from adapters.errors import (
-    AuthenticationError,
     ConfigError,
     ContentError,
     DigestMismatchError,
     ManifestTooLargeError,
     NotFoundError,
-    PermissionDeniedError,
     RateLimitedError,
     RegistryError,
-    ServerError,
     TransportError,
+    error_for_status,
 )
 from adapters.oci import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Digest, Manifest, parse_manifest
 
@@ -518,21 +516,10 @@ async def _error_from(response: httpx.Response) -> RegistryError:
     status = response.status_code
     message = f"{method} {url}: {status}" + (f" {', '.join(codes)}" if codes else "") + (
         f": {detail}" if detail else "")
-    kw: dict[str, Any] = {"status": status, "method": method, "url": url, "codes": codes,
-                          "detail": detail}
-    if status == 401:
-        return AuthenticationError(message, **kw)
-    if status == 403:
-        return PermissionDeniedError(message, **kw)
-    if status == 404:
-        return NotFoundError(message, **kw)
-    if status == 429:
-        wait = retry_after_seconds(response.headers.get("Retry-After"))
-        return RateLimitedError(message, retry_after=wait, **kw)
-    if status >= 500:
-        return ServerError(message, **kw)
     # 408 and distribution's BLOB_UPLOAD_UNKNOWN after a restart can succeed on a new attempt.
-    return RegistryError(message, transient=status == 408 or "BLOB_UPLOAD_UNKNOWN" in codes, **kw)
+    return error_for_status(message, status=status, method=method, url=url, codes=codes, detail=detail,
+                            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                            transient="BLOB_UPLOAD_UNKNOWN" in codes)
 
 
 def _diagnostics(body: bytes) -> tuple[tuple[str, ...], str]:
