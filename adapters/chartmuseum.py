@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 from pydantic import SecretStr, TypeAdapter, ValidationError
 
-from adapters.base import AdapterInfo, Health
+from adapters.base import AdapterInfo
 from adapters.distribution.client import (
     CATALOG_PAGE_SIZE,
     STREAM_CHUNK_BYTES,
@@ -41,16 +41,14 @@ from adapters.distribution.client import (
 )
 from adapters.endpoint import Endpoint
 from adapters.errors import (
-    AuthenticationError,
     ConfigError,
     ContentError,
     DigestMismatchError,
     InvalidReferenceError,
     NotFoundError,
-    PermissionDeniedError,
-    ReplicationError,
 )
 from adapters.helm import ChartArtifact, ChartFile, ChartMetadata, chart_artifact, oci_tag
+from adapters.native import NativeAdapter
 from adapters.oci import OCI_MANIFEST, Digest, DigestVerifier, Manifest, parse_manifest
 
 # ChartMuseum answers the listing as one JSON document, about 1 KiB per chart version: this
@@ -319,7 +317,7 @@ class ChartMuseumClient(DistributionClient):
                              url=f"{self.host}{self._api}/{chart}")
 
 
-class ChartMuseumAdapter:
+class ChartMuseumAdapter(NativeAdapter):
     info = AdapterInfo(
         type="chartmuseum",
         description="ChartMuseum Helm chart repository, read-only: its charts land on OCI "
@@ -329,42 +327,16 @@ class ChartMuseumAdapter:
         triggers=("manual", "scheduled"),
         can_be_target=False,
     )
+    # Listing, tags and reads go through the native adapter's code to this virtual registry.
+    client_class = ChartMuseumClient
 
-    def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.endpoint = endpoint
-        self.client = ChartMuseumClient(endpoint, transport=transport)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.endpoint.url!r})"
-
-    async def health(self) -> Health:
-        try:
-            await self.client.ping()
-            await self.client.check_credentials()
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            return Health(status="unhealthy", reason=f"credentials refused: {exc}")
-        except ReplicationError as exc:
-            return Health(status="unhealthy", reason=str(exc))
-        return Health(status="healthy")
-
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        """Every chart, or just ``names`` when the policy named them (no listing download)."""
-        if names is not None:
-            for name in names:
-                yield name
-            return
-        async for name in self.client.catalog():
-            yield name
-
-    async def list_tags(self, repository: str) -> list[str]:
-        return await self.client.list_tags(repository)
+    async def probe(self) -> None:
+        await self.client.ping()
+        await self.client.check_credentials()
 
     async def prepare_for_push(self, repositories: Sequence[str]) -> None:
         raise ConfigError("registry type 'chartmuseum' can only be a source (src_registry): "
                           "ChartMuseum charts replicate into OCI registries", field="dest_registry")
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 class _OwnHostBasic(httpx.Auth):

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from adapters.base import Accessory, AdapterInfo, Artifact, Health
+from adapters.base import Accessory, AdapterInfo, Artifact
 from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -38,13 +38,10 @@ from adapters.distribution.client import (
 )
 from adapters.endpoint import Endpoint
 from adapters.errors import (
-    AuthenticationError,
     ConfigError,
     ContentError,
     NotFoundError,
-    PermissionDeniedError,
     RegistryError,
-    ReplicationError,
 )
 from adapters.native import NativeAdapter
 from adapters.oci import Digest
@@ -259,20 +256,14 @@ class HarborAdapter(NativeAdapter):
         finally:
             await super().aclose()
 
-    async def health(self) -> Health:
-        """Healthy when Harbor's ping (or, lacking it, /v2/) answers and the credentials work."""
+    async def probe(self) -> None:
+        """Harbor's ping (or, lacking it, /v2/) answers and the credentials work."""
         try:
-            try:
-                await self.api.send("GET", "/ping", ok=(200,), authenticated=False)
-            except NotFoundError:
-                await self.client.ping()  # no Harbor API here: a plain registry is still usable
-            if self.endpoint.username:
-                await self.client.check_credentials()
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            return Health(status="unhealthy", reason=f"credentials refused: {exc}")
-        except ReplicationError as exc:
-            return Health(status="unhealthy", reason=str(exc))
-        return Health(status="healthy")
+            await self.api.send("GET", "/ping", ok=(200,), authenticated=False)
+        except NotFoundError:
+            await self.client.ping()  # no Harbor API here: a plain registry is still usable
+        if self.endpoint.username:
+            await self.client.check_credentials()
 
     async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
         """Every repository of every project the credentials see, or just ``names``."""

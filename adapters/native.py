@@ -6,6 +6,7 @@ Vendor adapters subclass it and override only listing, namespace creation and cr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import ClassVar
 
 import httpx
 
@@ -22,24 +23,33 @@ class NativeAdapter:
         supports_tag_deletion=False,
     )
 
+    # The client for this registry type; a vendor whose "registry" is no distribution server
+    # (ChartMuseum) names its own subclass.
+    client_class: ClassVar[type[DistributionClient]] = DistributionClient
+
     def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.endpoint = endpoint
-        self.client = DistributionClient(endpoint, transport=transport)
+        self.client = self.client_class(endpoint, transport=transport)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoint.url!r})"
 
     async def health(self) -> Health:
-        """Healthy when /v2/ answers and, with credentials, the registry accepts them."""
+        """Healthy when ``probe`` passes; its error, credentials first, is the reason otherwise."""
         try:
-            status = await self.client.ping()
-            if status != 200 and self.endpoint.username:
-                await self.client.check_credentials()
+            await self.probe()
         except (AuthenticationError, PermissionDeniedError) as exc:
             return Health(status="unhealthy", reason=f"credentials refused: {exc}")
         except ReplicationError as exc:
             return Health(status="unhealthy", reason=str(exc))
         return Health(status="healthy")
+
+    async def probe(self) -> None:
+        """Raise unless /v2/ answers and, with credentials, the registry accepts them. Vendor
+        adapters override this, not ``health``."""
+        status = await self.client.ping()
+        if status != 200 and self.endpoint.username:
+            await self.client.check_credentials()
 
     async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
         """Every repository, or just ``names`` when the policy named them (no catalog walk)."""
