@@ -218,8 +218,6 @@ class DockerHubAdapter(NativeAdapter):
         options=("api_url", "namespaces"),
         description="Docker Hub (registry-1.docker.io; listing and namespaces through the "
                     "hub.docker.com API; pull rate limit respected)",
-        resource_types=("image", "artifact"),
-        filters=("name", "tag"),
         # Hub's repository webhooks are one of the receiver's three formats.
         triggers=("manual", "scheduled", "event_based"),
         min_path_components=2,
@@ -227,7 +225,6 @@ class DockerHubAdapter(NativeAdapter):
         # Hub's registry refuses manifest DELETE; its API deletes tags, which regflow does not
         # drive (yet).
         supports_tag_deletion=False,
-        supports_mount=True,
     )
 
     def __init__(

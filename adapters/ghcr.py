@@ -54,14 +54,11 @@ class GhcrAdapter(NativeAdapter):
         type="github-ghcr",
         options=("api_url", "owners"),
         description="GitHub Container Registry (ghcr.io; listing through the GitHub packages API)",
-        resource_types=("image", "artifact"),
-        filters=("name", "tag"),
         # GitHub's package webhooks are not a format the receiver reads.
         triggers=("manual", "scheduled"),
         min_path_components=2,
         # ghcr.io refuses manifest DELETE; packages are deleted through GitHub's API.
         supports_tag_deletion=False,
-        supports_mount=True,
     )
 
     def __init__(

@@ -88,15 +88,11 @@ class GitLabAdapter(NativeAdapter):
         type="gitlab",
         options=("api_url", "groups"),
         description="GitLab container registry (listing and project checks through the GitLab API)",
-        resource_types=("image", "artifact"),
-        filters=("name", "tag"),
         # GitLab sends no webhook for registry pushes.
         triggers=("manual", "scheduled"),
         # group/project at least; the project's depth varies with subgroups, so the upper bound
         # (GITLAB_IMAGE_LEVELS below the project) is checked against the API in prepare_for_push.
         min_path_components=2,
-        supports_tag_deletion=False,
-        supports_mount=True,
     )
 
     def __init__(

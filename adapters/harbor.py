@@ -241,7 +241,6 @@ class HarborAdapter(NativeAdapter):
         triggers=("manual", "scheduled", "event_based"),
         min_path_components=2,  # project/repository
         supports_tag_deletion=True,
-        supports_mount=True,
     )
 
     def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None) -> None:

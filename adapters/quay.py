@@ -93,14 +93,10 @@ class QuayAdapter(NativeAdapter):
         type="quay",
         options=("api_url", "namespaces", "visibility"),
         description="Quay (quay.io or self-hosted; listing and repository creation through its API)",
-        resource_types=("image", "artifact"),
-        filters=("name", "tag"),
         # Quay's repository notifications are not a format the receiver reads.
         triggers=("manual", "scheduled"),
         # namespace/name; Quay 3.6+ takes deeper names (extended repository names).
         min_path_components=2,
-        supports_tag_deletion=False,
-        supports_mount=True,
     )
 
     def __init__(
