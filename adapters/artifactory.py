@@ -99,12 +99,8 @@ class ArtifactoryAdapter(NativeAdapter):
         return [r.key for r in repositories if r.packageType.lower() in ("", "docker")
                 and (not local_only or r.type.upper() in ("", "LOCAL"))]
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
+    async def walk_repositories(self) -> AsyncIterator[str]:
         """``<key>/<image>`` for every image of every local Docker repository."""
-        if names is not None:
-            for name in names:
-                yield name
-            return
         for key in await self.docker_repositories(local_only=True):
             async for image in self._catalog(key):
                 yield f"{key}/{image}"

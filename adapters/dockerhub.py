@@ -263,11 +263,7 @@ class DockerHubAdapter(NativeAdapter):
             raise ContentError(f"{self.api.host} login answered without an access token")
         return token
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        if names is not None:
-            for name in names:
-                yield name
-            return
+    async def walk_repositories(self) -> AsyncIterator[str]:
         for namespace in self._namespaces or await self._account_namespaces():
             async for page in self.api.pages(f"/v2/repositories/{quote(namespace, safe='')}/",
                                              _next_repositories, params={"page_size": HUB_PAGE_SIZE}):

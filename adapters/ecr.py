@@ -160,12 +160,8 @@ class EcrAdapter(NativeAdapter):
         expires = data.expiresAt if data.expiresAt is not None else self._clock() + TOKEN_LIFETIME_SECONDS
         return RegistryCredentials(username=user, password=SecretStr(password), expires_at=expires)
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
+    async def walk_repositories(self) -> AsyncIterator[str]:
         """``DescribeRepositories`` of this registry (account), page by page."""
-        if names is not None:
-            for name in names:
-                yield name
-            return
         request: dict[str, Any] = {"registryId": self.registry_id, "maxResults": DESCRIBE_PAGE_SIZE}
         for _ in range(MAX_PAGES):
             page = _page(await self._call("DescribeRepositories", request))

@@ -84,11 +84,7 @@ class GhcrAdapter(NativeAdapter):
         await self.client.aclose()
         await self.api.aclose()
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        if names is not None:
-            for name in names:
-                yield name
-            return
+    async def walk_repositories(self) -> AsyncIterator[str]:
         if self.endpoint.password is None:
             raise ConfigError("ghcr.io has no catalog: name the repositories in the policy's name "
                               "filter, or give a token that can read packages (read:packages)",

@@ -146,11 +146,7 @@ class GitLabAdapter(NativeAdapter):
         path = parts.path.removesuffix("/").removesuffix(JWT_REALM_PATH)
         return f"{parts.scheme}://{parts.netloc.decode()}{path}"
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        if names is not None:
-            for name in names:
-                yield name
-            return
+    async def walk_repositories(self) -> AsyncIterator[str]:
         api = await self.api_client()
         try:
             if self._groups is not None:

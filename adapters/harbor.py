@@ -264,12 +264,8 @@ class HarborAdapter(NativeAdapter):
         if self.endpoint.username:
             await self.client.check_credentials()
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        """Every repository of every project the credentials see, or just ``names``."""
-        if names is not None:
-            for name in names:
-                yield name
-            return
+    async def walk_repositories(self) -> AsyncIterator[str]:
+        """Every repository of every project the credentials see."""
         async for item in self.api.pages("/projects"):
             project = _parse(_Project, item, "project list")
             self._public[project.name] = project.public

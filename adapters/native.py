@@ -57,6 +57,12 @@ class NativeAdapter:
             for name in names:
                 yield name
             return
+        async for name in self.walk_repositories():
+            yield name
+
+    async def walk_repositories(self) -> AsyncIterator[str]:
+        """Every repository the registry lists. Vendor adapters override this, not
+        ``list_repositories``."""
         async for name in self.client.catalog():
             yield name
 

@@ -127,11 +127,7 @@ class QuayAdapter(NativeAdapter):
         await self.client.aclose()
         await self.api.aclose()
 
-    async def list_repositories(self, names: Sequence[str] | None = None) -> AsyncIterator[str]:
-        if names is not None:
-            for name in names:
-                yield name
-            return
+    async def walk_repositories(self) -> AsyncIterator[str]:
         for namespace in self._namespaces or await self._visible_namespaces():
             async for page in self.api.pages("/api/v1/repository", _next_page,
                                              params={"namespace": namespace}):
