@@ -66,6 +66,7 @@ import yaml
 from benchmarks import corpus
 from deployments import resident
 from deployments.processes import LocalPrefectServer
+from regflow_cli import warm
 from tests.support.registry import RegistryProcess, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -306,11 +307,18 @@ class Bench:
             if self._server_error is not None:
                 raise RuntimeError(f"local Prefect server failed: {self._server_error}")
 
+    def warm_calls(self) -> list[dict[str, float]]:
+        """Every call the warm processes under this home ran (regflow_cli/warm.py), in order."""
+        calls = [json.loads(line) for path in (self.home / "warm").glob("*.runs")
+                 for line in path.read_text().splitlines() if line.strip()]
+        return sorted(calls, key=lambda c: c["at"])
+
     def resident_pid(self) -> int | None:
         info = resident.read_info(self.home / "prefect")
         return info.pid if info is not None else None
 
     def close(self) -> None:
+        warm.stop(self.home)  # the warm regflow processes the runs started: ours to end
         if (info := resident.read_info(self.home / "prefect")) is not None:
             resident.stop(info)  # the embedded runs' resident server: ours to end
         if self._server_thread is not None:
@@ -411,7 +419,16 @@ class Bench:
         server_pid = self.resident_pid() if tool == "regflow-embedded" else self.server_pid
         src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(server_pid)
         load = load1()
+        calls_before = len(self.warm_calls())
         m = run_measured(commands, env, self.log)
+        # A call the warm process ran happened in its fork, outside the command's own tree:
+        # count the fork's CPU and peak RSS as the copier's (its record is written before the
+        # command exits).
+        forked = self.warm_calls()[calls_before:]
+        if forked:
+            m.cpu += sum(c["cpu_s"] for c in forked)
+            m.rss_mib = max([m.rss_mib, *(c["max_rss_kib"] / 1024 for c in forked)])
+            m.tree_rss_mib += max(c["max_rss_kib"] / 1024 for c in forked)
         src_cpu, dst_cpu = tree_cpu(self.src.pid) - src0, tree_cpu(dst.pid) - dst0
         if tool == "regflow-embedded":
             server_pid = self.resident_pid()

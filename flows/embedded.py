@@ -3,7 +3,8 @@ lives under REGFLOW_HOME, so executions outlive the process that ran them. The s
 resident one, kept between calls (deployments/resident.py), unless
 REGFLOW_EMBEDDED_IDLE_SECONDS=0 asks for Prefect's throwaway server per process.
 
-Call ``configure()`` before anything imports prefect: Prefect reads its settings once.
+Call ``configure()`` before anything imports prefect: Prefect reads its settings once (a warm
+process that imported it earlier has them read again).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from deployments.processes import SERVER_TUNING
 from policies.home import regflow_home
 
 
-def configure() -> bool:
-    """Point Prefect at regflow's home unless the user chose a server. True when embedded."""
+def prepare_environment() -> bool:
+    """Prefect's settings for regflow's home, unless the user chose a server; no server is
+    contacted. True when embedded."""
     if os.environ.get("PREFECT_API_URL"):
         return False
     home = regflow_home() / "prefect"
@@ -30,12 +32,24 @@ def configure() -> bool:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for key, value in SERVER_TUNING.items():
         os.environ.setdefault(key, value)
-    try:
-        url = resident.api_url(home, dict(os.environ))
-    except RuntimeError as exc:
-        # Still runnable: Prefect's own throwaway server takes over, slower but whole.
-        print(f"regflow: {exc}; using a temporary Prefect server for this call", file=sys.stderr)
-        url = None
-    if url is not None:
-        os.environ["PREFECT_API_URL"] = url
     return True
+
+
+def configure() -> bool:
+    """Point Prefect at regflow's home unless the user chose a server. True when embedded."""
+    embedded = prepare_environment()
+    if embedded:
+        try:
+            url = resident.api_url(regflow_home() / "prefect", dict(os.environ))
+        except RuntimeError as exc:
+            # Still runnable: Prefect's own throwaway server takes over, slower but whole.
+            print(f"regflow: {exc}; using a temporary Prefect server for this call", file=sys.stderr)
+            url = None
+        if url is not None:
+            os.environ["PREFECT_API_URL"] = url
+    if "prefect.context" in sys.modules:
+        # A warm process's fork (regflow_cli/warm.py): Prefect was imported before this call's
+        # environment, working directory (prefect.toml) and server were known.
+        from prefect.context import refresh_global_settings_context
+        refresh_global_settings_context()
+    return embedded

@@ -34,10 +34,21 @@ policy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=Fal
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 160
-out = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
+out: Console
+err: Console
+
+
+def bind_streams() -> None:
+    """Consoles for this process's stdout and stderr. Called at import, and again in a warm
+    process's fork (regflow_cli/warm.py), which imported this module on other streams."""
+    global out, err
+    # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+    width = None if sys.stdout.isatty() else 160
+    out = Console(width=width)
+    err = Console(stderr=True, width=width)
+
+
+bind_streams()
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from deployments import resident
+from regflow_cli import warm
 from tests.support.corpus import CorpusBuilder, ImageKind
 from tests.support.registry import RegistryProcess
 from tests.support.skopeo import inspect_raw_digest
@@ -47,7 +48,8 @@ policies:
 
 def regflow(*args: str, env: dict[str, str]) -> int:
     print(f"\n$ regflow {' '.join(args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "regflow_cli.main", *args], env=env).returncode
+    # The installed command's entry point: the second replicate runs in the warm process.
+    return subprocess.run([sys.executable, "-m", "regflow_cli.launch", *args], env=env).returncode
 
 
 def main() -> int:
@@ -80,8 +82,10 @@ def main() -> int:
             got = inspect_raw_digest(dst.ref(repo, tag))
             ok &= got == digest
             print(f"  {repo}:{tag} {'ok' if got == digest else 'MISMATCH'} {got}")
-    # The regflow calls above shared one resident Prefect server; the demo started it, so it
-    # ends it instead of leaving it for its idle time.
+    # The regflow calls above shared one resident Prefect server (and repeated replicate calls
+    # a warm regflow process); the demo started them, so it ends them instead of leaving them
+    # for their idle time.
+    warm.stop(HOME)
     if (info := resident.read_info(HOME / "prefect")) is not None:
         resident.stop(info)
     print(f"\nstate kept in {HOME} (REGFLOW_HOME); registries and the local Prefect server stopped.")
