@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
+import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
@@ -82,14 +87,30 @@ class BlobStream:
         self._skip = skip  # bytes to drop when the server ignored our Range
 
     async def chunks(self, chunk_size: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
+        """The body in pieces of at least ``chunk_size`` bytes (the last may be shorter)."""
         with _transport_errors("GET", str(self._response.url)):
-            async for chunk in self._response.aiter_raw(chunk_size):
+            async for chunk in _gathered(self._response.aiter_raw(), chunk_size):
                 if self._skip:
                     dropped = min(self._skip, len(chunk))
                     chunk = chunk[dropped:]
                     self._skip -= dropped
                 if chunk:
                     yield chunk
+
+
+async def _gathered(pieces: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Join the connection's reads (64 KiB each) into chunks of at least ``size`` bytes with one
+    copy each; httpx's own ``aiter_raw(size)`` copies every byte three times to cut exact sizes."""
+    held: list[bytes] = []
+    count = 0
+    async for piece in pieces:
+        held.append(piece)
+        count += len(piece)
+        if count >= size:
+            yield b"".join(held)
+            held, count = [], 0
+    if count:
+        yield b"".join(held)
 
 
 def repo_scope(repository: str, actions: str) -> str:
@@ -120,16 +141,18 @@ class DistributionClient:
                                 write=READ_TIMEOUT_SECONDS, pool=None)
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections)
-        self._token_http = httpx.AsyncClient(verify=verify, timeout=timeout, transport=transport,
-                                             headers={"User-Agent": USER_AGENT})
+        self._token_http = _RegistryHttp(verify=verify, timeout=timeout, transport=transport,
+                                         headers={"User-Agent": USER_AGENT})
         # httpx lower-cases the host and drops a default port in request URLs; compare like it.
         self.auth = RegistryAuth(httpx.URL(endpoint.url).netloc.decode(), endpoint.username,
                                  endpoint.password, token_client=self._token_http)
-        self._http = httpx.AsyncClient(
-            base_url=f"{urlsplit(endpoint.url).scheme}://{endpoint.host}",
-            verify=verify, timeout=timeout, limits=limits, transport=transport,
-            http2=transport is None, follow_redirects=True, auth=self.auth,
-            headers=DEFAULT_HEADERS,
+        self._origin = f"{urlsplit(endpoint.url).scheme}://{endpoint.host}"
+        # limits and http2 still shape the transports httpx mounts for proxies it finds in the
+        # environment; requests to the registry itself go through PoolTransport.
+        self._http = _RegistryHttp(
+            base_url=self._origin, verify=verify, timeout=timeout, limits=limits,
+            transport=transport or PoolTransport(verify, limits, http2=True),
+            http2=transport is None, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
         )
         self.requests_made = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
@@ -168,7 +191,7 @@ class DistributionClient:
 
     def _absolute(self, location: str) -> str:
         # Upload locations may be relative; resolve against the registry, not the last request.
-        return urljoin(f"{urlsplit(self.endpoint.url).scheme}://{self.endpoint.host}/", location)
+        return urljoin(f"{self._origin}/", location)
 
     async def _send(
         self,
@@ -181,7 +204,10 @@ class DistributionClient:
         **kw: Any,
     ) -> httpx.Response:
         await self._hold()
-        request = self._http.build_request(method, url, extensions={SCOPES_EXTENSION: scopes}, **kw)
+        # One parse of the whole URL: a relative one would be parsed, then merged with the base URL
+        # and parsed again (httpx validates every character each time; digests make URLs long).
+        target = httpx.URL(url if "://" in url else f"{self._origin}/{url.lstrip('/')}")
+        request = self._http.build_request(method, target, extensions={SCOPES_EXTENSION: scopes}, **kw)
         self.requests_made += 1
         with _transport_errors(method, url if "://" in url else f"//{self.host}{url}"):
             # Always streamed, so that an error body is read only up to its cap.
@@ -346,12 +372,12 @@ class DistributionClient:
         """POST an upload. With ``mount``: None when the registry mounted the blob (201),
         else the upload location to use instead (202)."""
         scopes: tuple[str, ...] = (self._scope(repository, "pull,push"),)
-        params: dict[str, str] = {}
+        url = self._path(repository, "blobs", "uploads") + "/"
         if mount is not None and mount_from is not None:
             scopes = (*scopes, self._scope(mount_from, "pull"))
-            params = {"mount": str(mount), "from": self.remote_name(mount_from)}
-        response = await self._send("POST", self._path(repository, "blobs", "uploads") + "/",
-                                    scopes=scopes, ok=(201, 202), params=params)
+            # The query as httpx's params= would encode it, without a second parse of the URL.
+            url += "?" + urlencode({"mount": str(mount), "from": self.remote_name(mount_from)})
+        response = await self._send("POST", url, scopes=scopes, ok=(201, 202))
         if response.status_code == 201 and mount is not None:
             return None
         location = response.headers.get("Location")
@@ -401,17 +427,384 @@ class DistributionClient:
             pass  # best effort: the registry purges abandoned uploads itself
 
 
+class _RegistryHttp(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose cookie jar is only consulted for answers that set cookies
+    (registries rarely do): httpx runs every answer through ``http.cookiejar``, which builds a
+    urllib request and an email message for it, ~100 µs each."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._set_cookies = _Cookies(kwargs.get("cookies"))
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._set_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: _CookieTypes) -> None:
+        self._set_cookies = _Cookies(cookies)
+
+
+_CookieTypes = httpx.Cookies | CookieJar | dict[str, str] | list[tuple[str, str]] | None
+
+
+class _Cookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "Set-Cookie" in response.headers or "Set-Cookie2" in response.headers:
+            super().extract_cookies(response)
+
+
+# -- transport -------------------------------------------------------------------------------
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """httpx's default transport (an httpcore connection pool), built on the public httpcore API
+    so that its connections are ``_Connection``s on asyncio instead of anyio's streams, and
+    split into pools of at most POOL_SHARD_CONNECTIONS.
+
+    Each time a request starts or ends, httpcore's pool checks every idle connection for a
+    server-side close (through anyio: a dict of socket attributes and a getpeername() each) and
+    counts all its connections once per idle one, quadratic in the pool's size. Both were about
+    a fifth of the copy engine's CPU in the benchmark, where bursts of manifest requests keep 16
+    connections open and most of them idle."""
+
+    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits, *, http2: bool) -> None:
+        total = limits.max_connections or POOL_SHARD_CONNECTIONS
+        shards = -(-total // POOL_SHARD_CONNECTIONS)
+        keepalive = limits.max_keepalive_connections
+        self._pools = [
+            httpcore.AsyncConnectionPool(
+                ssl_context=verify,
+                max_connections=-(-total // shards),
+                max_keepalive_connections=None if keepalive is None else -(-keepalive // shards),
+                keepalive_expiry=limits.keepalive_expiry,
+                http1=True,
+                http2=http2,
+                network_backend=_AsyncioBackend(),
+            )
+            for _ in range(shards)
+        ]
+        self._busy = [0] * shards  # requests each pool holds a connection for
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
+                             port=request.url.port, target=request.url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        shard = self._busy.index(min(self._busy))  # the least busy pool, as one pool would
+        self._busy[shard] += 1
+        try:
+            with _httpx_errors():
+                response = await self._pools[shard].handle_async_request(core_request)
+        except BaseException:
+            self._busy[shard] -= 1
+            raise
+        assert isinstance(response.stream, AsyncIterable)
+        stream = _ResponseStream(response.stream, lambda: self._release(shard))
+        return httpx.Response(status_code=response.status, headers=response.headers, stream=stream,
+                              extensions=response.extensions)
+
+    def _release(self, shard: int) -> None:
+        self._busy[shard] -= 1
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+# httpcore compares every connection of a pool with all the others on each request's start and
+# end; pools of this size keep that cheap, and enough of them make up max_connections.
+POOL_SHARD_CONNECTIONS = 8
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncIterable[bytes], on_close: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_close: Callable[[], None] | None = on_close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if on_close is not None:
+                on_close()
+
+
+# httpcore's errors as httpx raises them (the client only knows httpx's); most specific first.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextmanager
+def _httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core_error, httpx_error in _HTTPX_ERRORS:
+            if isinstance(exc, core_error):
+                raise httpx_error(str(exc)) from exc
+        raise
+
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """Connections straight on asyncio's transports. (The ``timeout`` parameters are
+    httpcore's interface.)"""
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        local = (local_address, 0) if local_address else None
+        with _connect_errors():
+            async with asyncio.timeout(timeout):
+                # The same Happy Eyeballs delay as anyio, which httpcore uses by default.
+                _, connection = await loop.create_connection(
+                    _Connection, host, port, local_addr=local, happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
+        return connection.ready(socket_options)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Iterable[Any] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        with _connect_errors():
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_unix_connection(_Connection, path)
+        return connection.ready(socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+# anyio's delay before racing the next address of a host (RFC 8305's recommended 250 ms).
+HAPPY_EYEBALLS_SECONDS = 0.25
+# Bytes received but not yet read, past which the socket is left to fill (TCP flow control)
+# until the reader catches up: a few of the event loop's 256 KiB reads.
+MAX_UNREAD_BYTES = 1024 * 1024
+
+
+class _Connection(asyncio.Protocol, httpcore.AsyncNetworkStream):
+    """One connection as httpcore reads and writes it, on an asyncio transport.
+
+    What anyio (httpcore's default) does per read and write, and what it costs: a cancel scope
+    with a timer, and pausing the socket after every read and resuming it before the next, two
+    epoll calls. Here the event loop reads the socket as bytes arrive; a read takes what is
+    there and only arms a timer when it has to wait, as does a write that the kernel could not
+    take at once. Errors are httpcore's, as anyio's backend raises them."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._unread: deque[bytes] = deque()
+        self._unread_bytes = 0
+        self._reading_paused = False
+        self._eof = False
+        self._lost = False
+        self._lost_error: BaseException | None = None
+        self._closed = False  # by us
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None  # while the kernel's buffer is full
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if type(data) is not bytes:  # as anyio: some event loops hand over a bytearray
+            data = bytes(data)
+        self._unread.append(data)
+        self._unread_bytes += len(data)
+        if self._unread_bytes > MAX_UNREAD_BYTES and not self._reading_paused and self._transport:
+            self._transport.pause_reading()
+            self._reading_paused = True
+        _wake(self._readable)
+
+    def eof_received(self) -> None:
+        self._eof = True  # returning None lets asyncio close the transport
+        _wake(self._readable)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost, self._lost_error = True, exc
+        _wake(self._readable)
+        _wake(self._writable)
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        _wake(self._writable)
+        self._writable = None
+
+    # -- httpcore.AsyncNetworkStream -------------------------------------------------------
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        while not self._unread:
+            if self._closed:
+                raise httpcore.ReadError("connection closed")
+            if self._lost_error is not None:
+                raise httpcore.ReadError(str(self._lost_error)) from self._lost_error
+            if self._eof or self._lost:
+                return b""
+            self._readable = self._loop.create_future()
+            try:
+                await _wait(self._readable, timeout, httpcore.ReadTimeout)
+            finally:
+                self._readable = None
+        chunk = self._unread.popleft()
+        if len(chunk) > max_bytes:
+            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
+            self._unread.appendleft(rest)
+        self._unread_bytes -= len(chunk)
+        if self._reading_paused and not self._unread and self._transport is not None:
+            self._transport.resume_reading()
+            self._reading_paused = False
+        return chunk
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        self._check_writable()
+        assert self._transport is not None
+        self._transport.write(buffer)
+        if self._writable is not None:  # the kernel took part of it; the rest waits in asyncio
+            await _wait(self._writable, timeout, httpcore.WriteTimeout)
+            self._check_writable()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
+        assert self._transport is not None
+        try:
+            with _connect_errors():
+                async with asyncio.timeout(timeout):
+                    transport = await self._loop.start_tls(self._transport, self, ssl_context,
+                                                           server_hostname=server_hostname)
+        except BaseException:
+            await self.aclose()
+            raise
+        if transport is None:  # the server closed the connection during the handshake
+            raise httpcore.ConnectError("connection closed during the TLS handshake")
+        self._attach(transport)
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        transport = self._transport
+        if info == "is_readable":
+            # Idle in the pool: anything received (data, EOF, a reset) means the server closed it
+            # or broke the protocol. The event loop has read it already; no system call.
+            return bool(self._unread) or self._eof or self._lost or self._closed
+        if transport is None:
+            return None
+        key = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername",
+               "socket": "socket"}.get(info)
+        return transport.get_extra_info(key) if key else None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def ready(self, socket_options: Iterable[Any] | None) -> _Connection:
+        sock = self.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return self
+
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        # As anyio: a write is done when the kernel holds all of it, not while asyncio buffers it.
+        # asyncio's TLS transport pauses at a high-water mark of 0 even with nothing buffered and
+        # then never resumes: 1 byte is its equivalent.
+        tls = transport.get_extra_info("ssl_object") is not None
+        transport.set_write_buffer_limits(high=1 if tls else 0)
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise httpcore.WriteError("connection closed")
+        if self._lost_error is not None:
+            raise httpcore.WriteError(str(self._lost_error)) from self._lost_error
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait(waiter: asyncio.Future[None], seconds: float | None,
+                timeout_error: type[httpcore.TimeoutException]) -> None:
+    """Wait for ``waiter``, raising ``timeout_error`` after ``seconds``."""
+    if seconds is None:
+        await waiter
+        return
+    timer = asyncio.get_running_loop().call_later(seconds, _expire, waiter)
+    try:
+        await waiter
+    except TimeoutError:
+        raise timeout_error(f"no progress for {seconds} s") from None
+    finally:
+        timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+@contextmanager
+def _connect_errors() -> Iterator[None]:
+    try:
+        yield
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(str(exc)) from exc
+    except OSError as exc:  # ssl.SSLError included: a refused certificate names itself
+        raise httpcore.ConnectError(str(exc)) from exc
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
 _PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
 
 
-def tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
+def tls_verify(endpoint: Endpoint) -> ssl.SSLContext:
     """The registry's own CA bundle when it has one (it wins over ``insecure``, as in Harbor,
-    and replaces the system's CAs), else the system's CAs unless ``insecure``."""
+    and replaces the system's CAs), else the system's CAs unless ``insecure``.
+
+    Contexts are shared by every client with the same trust: loading the CA store costs ~20 ms
+    of CPU, and each httpx client would otherwise load its own."""
     if not endpoint.ca_certificate:
-        return not endpoint.insecure
+        # httpx's own choice of CAs, which follows SSL_CERT_FILE / SSL_CERT_DIR.
+        return _default_context(not endpoint.insecure, os.environ.get("SSL_CERT_FILE"),
+                                os.environ.get("SSL_CERT_DIR"))
     # Only the certificate blocks: bundles carry comments (often non-ASCII issuer names) that
     # OpenSSL's cadata refuses. A bundle it cannot use is the user's input to fix, not a crash.
     blocks = _PEM_CERTIFICATE.findall(endpoint.ca_certificate)
@@ -419,9 +812,25 @@ def tls_verify(endpoint: Endpoint) -> ssl.SSLContext | bool:
         raise ConfigError("holds no PEM certificate (-----BEGIN CERTIFICATE----- block)",
                           field="ca_certificate")
     try:
-        return ssl.create_default_context(cadata="\n".join(blocks) + "\n")
+        return _bundle_context("\n".join(blocks) + "\n")
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(f"not a valid PEM CA bundle: {exc}"[:300], field="ca_certificate") from None
+
+
+# Distinct trust settings in one process: a handful of registries, each bundle a few KB.
+MAX_SHARED_SSL_CONTEXTS = 64
+
+
+@functools.lru_cache(maxsize=MAX_SHARED_SSL_CONTEXTS)
+def _default_context(verify: bool, cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    # The environment is part of the key (httpx reads it when it builds the context).
+    del cert_file, cert_dir
+    return httpx.create_ssl_context(verify=verify)
+
+
+@functools.lru_cache(maxsize=MAX_SHARED_SSL_CONTEXTS)
+def _bundle_context(cadata: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cadata=cadata)
 
 
 _tls_verify = tls_verify  # the name tests/integration/test_tls.py imports
@@ -506,13 +915,13 @@ def retry_after_seconds(value: str | None) -> float | None:
 async def _error_from(response: httpx.Response) -> RegistryError:
     method = response.request.method
     url = _redact(str(response.request.url))
-    body = b""
-    if method != "HEAD":
-        try:
-            body = await _read_at_most(response, MAX_ERROR_BODY_BYTES)
-        except httpx.HTTPError:
-            body = b""
-    codes, detail = _diagnostics(body)
+    try:
+        # A HEAD's body is empty but read all the same: only a complete answer gives its
+        # connection back to the pool (unread, every 404 of a HEAD cost a new connection).
+        body = await _read_at_most(response, MAX_ERROR_BODY_BYTES)
+    except httpx.HTTPError:
+        body = b""
+    codes, detail = _diagnostics(b"" if method == "HEAD" else body)
     status = response.status_code
     message = f"{method} {url}: {status}" + (f" {', '.join(codes)}" if codes else "") + (
         f": {detail}" if detail else "")
