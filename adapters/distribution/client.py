@@ -575,7 +575,8 @@ def _httpx_errors() -> Iterator[None]:
 
 class _AsyncioBackend(httpcore.AsyncNetworkBackend):
     """Connections straight on asyncio's transports. (The ``timeout`` parameters are
-    httpcore's interface.)"""
+    httpcore's interface.) TCP only: registries are never reached through a Unix socket, and
+    httpcore's own default refuses one."""
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
                           local_address: str | None = None,
@@ -587,15 +588,6 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
                 # The same Happy Eyeballs delay as anyio, which httpcore uses by default.
                 _, connection = await loop.create_connection(
                     _Connection, host, port, local_addr=local, happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
-        return connection.ready(socket_options)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
-                                  socket_options: Iterable[Any] | None = None,
-                                  ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        with _connect_errors():
-            async with asyncio.timeout(timeout):
-                _, connection = await loop.create_unix_connection(_Connection, path)
         return connection.ready(socket_options)
 
     async def sleep(self, seconds: float) -> None:
