@@ -152,10 +152,8 @@ class Runs:
 
     def end(self) -> None:
         """Stopping: calls still running finish on their own (their callers wait for them)."""
-        for pid, conn in self._children.items():
-            with contextlib.suppress(ChildProcessError):
-                _, status = os.waitpid(pid, 0)
-                _answer(conn, {"exit": _exit_code(status)})
+        for pid, pidfd in list(self._pidfds.items()):
+            self._reap(pid, pidfd)
         self._selector.close()
 
     def close_in_fork(self) -> None:
