@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +27,7 @@ from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
-from tasks.plan import Plan, make_plan
+from tasks.plan import Plan, PlannedRepository, named, plan_each
 from tasks.prepare import prepare
 from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
@@ -107,15 +106,14 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
     stop = StopSignal()
     async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
         found = await discover(source, loaded.policy, resources)
-        plan = await make_plan(source, target, loaded.policy, found)
-        specs = plan.specs(loaded.policy)
-        logger.info("plan: %d repositories, %d with tags to transfer", len(plan.repositories), len(specs))
-        await prepare(target, plan, source)
-        results = await _transfer_all(source, target, specs, stop, loaded.policy.speed)
+        await prepare(target, named(found, loaded.policy, target), source)
+        done = await _plan_and_transfer(source, target, loaded.policy, found, stop)
+        logger.info("plan: %d repositories, %d with tags to transfer", len(done.plan.repositories),
+                    len(done.results))
         verified = await _verify(source, target, loaded.policy, found, stop)
-    execution = summarize(policy, plan, results, stopped_reason=stop.reason if stop.is_set else "",
+    execution = summarize(policy, done.plan, done.results, stopped_reason=stop.reason if stop.is_set else "",
                           verify=verified)
-    execution.transfers = len(specs)
+    execution.transfers = done.started
     return await _final(execution, trigger, event_id)
 
 
@@ -142,23 +140,36 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
     return execution
 
 
-async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSpec],
-                        stop: StopSignal, speed: int) -> dict[str, TransferResult | BaseException]:
+@dataclass
+class _Transferred:
+    plan: Plan
+    results: dict[str, TransferResult | BaseException]  # every repository with work, started or not
+    started: int  # transfer task runs, which the server records
+
+
+async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
+                             stop: StopSignal) -> _Transferred:
+    """Plans every repository and transfers those with work, each transfer starting as soon as
+    its own repository's plan is known: planning the rest (a HEAD or two per tag) overlaps the
+    copying instead of preceding it (~0.7 s of a 50-repository full copy)."""
     sessions = UploadSessions(regflow_home() / "uploads.json", scope=target.client.host)
-    blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop),
+    blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(policy.speed, stop),
                        mount_probe=target.info.supports_mount, sessions=sessions)
     _RUN.set(_Run(source, target, blobs))
-    if specs:
-        await runtime.ensure_registry_limits(source.client.host, target.client.host)
-    progress = runtime.Progress(len(specs))
-    waiting = deque(enumerate(specs))
-    done: list[TransferResult | BaseException | None] = [None] * len(specs)
+    progress = runtime.Progress()
+    planned: dict[int, PlannedRepository] = {}
+    specs: list[TransferSpec] = []
+    waiting: asyncio.Queue[TransferSpec | None] = asyncio.Queue()
+    results: dict[str, TransferResult | BaseException] = {}
+    started = 0
 
     async def one(spec: TransferSpec) -> TransferResult | BaseException:
+        nonlocal started
         if stop.is_set:
             return ReplicationError(f"not started: {stop.reason}")
+        started += 1
         state: State = await transfer(spec, return_state=True)  # type: ignore[misc]
-        await progress.advance()
+        progress.advance()
         data = await state.aresult(raise_on_failure=False)
         if isinstance(data, TransferIncomplete):
             return data.result
@@ -170,14 +181,37 @@ async def _transfer_all(source: Adapter, target: Adapter, specs: list[TransferSp
         # A lane takes one slot of each registry's cross-run limit for its whole life: asking
         # Prefect's server per task cost ~2 s a task (measured), more than most transfers.
         async with runtime.registry_slots(source.client.host, target.client.host):
-            while waiting:
-                i, spec = waiting.popleft()
-                done[i] = await one(spec)
+            while (spec := await waiting.get()) is not None:
+                results[spec.source_repository] = await one(spec)
 
-    # Direct task calls in lanes, not Prefect's .map of async tasks (~10x the cost per task).
-    await asyncio.gather(*(lane() for _ in range(min(TRANSFER_CONCURRENCY, len(specs)))))
-    return {spec.source_repository: result if result is not None else ReplicationError("not started")
-            for spec, result in zip(specs, done, strict=True)}
+    # Direct task calls in lanes, not Prefect's .map of async tasks (~10x the cost per task);
+    # a lane starts with the first spec it can take, so a no-change resync starts none.
+    lanes: list[asyncio.Task[None]] = []
+    try:
+        async for i, repository in plan_each(source, target, policy, found):
+            planned[i] = repository
+            if (spec := repository.spec(policy)) is None:
+                continue
+            if not specs:
+                await runtime.ensure_registry_limits(source.client.host, target.client.host)
+            specs.append(spec)
+            progress.expect()
+            waiting.put_nowait(spec)
+            if len(lanes) < TRANSFER_CONCURRENCY:
+                lanes.append(asyncio.create_task(lane()))
+    finally:
+        if len(planned) < len(found):  # planning broke off: start nothing more
+            while not waiting.empty():
+                waiting.get_nowait()
+        for _ in lanes:
+            waiting.put_nowait(None)
+        await asyncio.gather(*lanes)
+        await progress.flush()
+    return _Transferred(
+        plan=Plan(repositories=[planned[i] for i in range(len(found))]),
+        results={s.source_repository: results.get(s.source_repository, ReplicationError("not started"))
+                 for s in specs},
+        started=started)
 
 
 async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from adapters.oci import Digest
+from adapters.oci import Digest, Manifest
 
 TagStatus = Literal["copied", "deleted", "skipped", "failed", "stopped"]
 TaskStatus = Literal["Succeeded", "Failed", "Stopped"]
@@ -19,6 +19,8 @@ class TagPlan(BaseModel):
     # What the plan saw on the target, so the transfer need not HEAD the tag again.
     checked_target: bool = False
     target_digest: Digest | None = None
+    # The manifest itself when the plan fetched it; kept out of anything serialised.
+    manifest: Manifest | None = Field(default=None, exclude=True, repr=False)
 
 
 class TransferSpec(BaseModel):
@@ -29,6 +31,8 @@ class TransferSpec(BaseModel):
     tags: list[TagPlan]
     override: bool = True
     copy_by_chunk: bool = False
+    # The plan found none of the repository's tags on the target (PlannedRepository.new_on_target).
+    new_on_target: bool = False
 
 
 class TagOutcome(BaseModel):

@@ -2,19 +2,23 @@
 already identical on the target, so that transfers only see real work.
 
 A repository whose every tag is identical gets no transfer task at all: a no-change resync of
-a large registry costs two HEADs per tag and nothing else.
+a large registry costs two HEADs per tag and nothing else. A tag the target lacks costs a HEAD
+there and a GET of its manifest here, which the transfer then uses instead of fetching it again.
+The plan comes out one repository at a time, as each is known, so the flow can start copying
+the first while it plans the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from adapters import Adapter
-from adapters.errors import ConfigError, ReplicationError
-from adapters.oci import Digest, validate_repository
+from adapters.errors import ConfigError, NotFoundError, ReplicationError
+from adapters.oci import Digest, Manifest, validate_repository
 from policies.models import Policy
 from policies.namespace import check_path_rule, replace_namespace
 from tasks.discover import RepositoryTags
@@ -22,6 +26,10 @@ from tasks.models import TagOutcome, TagPlan, TransferSpec
 
 # HEAD requests in flight at once while planning (source and target together).
 PLAN_CONCURRENCY = 16
+# A manifest the plan fetched rides along to the transfer when it is at most this big (images'
+# are 0.5-4 KiB): a full copy of 2,000 repositories x 5 tags then holds ~40 MiB of them, and a
+# rare huge index is simply fetched again.
+KEEP_MANIFEST_BYTES = 16 * 1024
 
 Action = Literal["copy", "overwrite", "identical", "kept"]
 
@@ -32,6 +40,7 @@ class PlannedTag(BaseModel):
     target_digest: Digest | None
     action: Action
     bytes: int | None = None  # filled only for a dry run, which reads the manifests
+    manifest: Manifest | None = Field(default=None, exclude=True, repr=False)
 
 
 class PlannedRepository(BaseModel):
@@ -41,13 +50,21 @@ class PlannedRepository(BaseModel):
     error: str = ""
 
     def spec(self, policy: Policy) -> TransferSpec | None:
-        work = [TagPlan(tag=t.tag, digest=t.digest, target_digest=t.target_digest, checked_target=True)
+        work = [TagPlan(tag=t.tag, digest=t.digest, target_digest=t.target_digest, checked_target=True,
+                        manifest=t.manifest)
                 for t in self.tags if t.action in ("copy", "overwrite")]
         if not work or self.error:
             return None
         return TransferSpec(source_repository=self.source_repository,
                             target_repository=self.target_repository, tags=work,
-                            override=policy.override, copy_by_chunk=policy.copy_by_chunk)
+                            override=policy.override, copy_by_chunk=policy.copy_by_chunk,
+                            new_on_target=self.new_on_target)
+
+    @property
+    def new_on_target(self) -> bool:
+        """No tag of it is on the target yet: its child manifests are not there either, most
+        likely, so the transfer skips asking (a wrong guess re-sends a manifest, harmlessly)."""
+        return bool(self.tags) and all(t.target_digest is None for t in self.tags)
 
     def settled(self) -> list[TagOutcome]:
         """The tags the plan already decided: reported, never transferred."""
@@ -70,44 +87,89 @@ def target_name(repository: str, policy: Policy, target: Adapter) -> str:
     return name
 
 
+def named(found: list[RepositoryTags], policy: Policy, target: Adapter) -> Plan:
+    """Where each repository lands, before any request: enough to prepare the target."""
+    return Plan(repositories=[_named(item, policy, target) for item in found])
+
+
+def _named(item: RepositoryTags, policy: Policy, target: Adapter) -> PlannedRepository:
+    try:
+        return PlannedRepository(source_repository=item.repository,
+                                 target_repository=target_name(item.repository, policy, target), tags=[])
+    except ConfigError as exc:
+        return PlannedRepository(source_repository=item.repository, target_repository="", tags=[],
+                                 error=str(exc))
+
+
 async def make_plan(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
                     measure: bool = False) -> Plan:
+    planned: dict[int, PlannedRepository] = {}
+    async for i, repository in plan_each(source, target, policy, found, measure=measure):
+        planned[i] = repository
+    return Plan(repositories=[planned[i] for i in range(len(found))])
+
+
+async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
+                    measure: bool = False) -> AsyncIterator[tuple[int, PlannedRepository]]:
+    """Each repository's plan with its index in ``found``, in the order they complete."""
     slots = asyncio.Semaphore(PLAN_CONCURRENCY)
 
     async def plan_tag(src_repo: str, dst_repo: str, tag: str) -> PlannedTag:
-        async with slots:
-            head = await source.client.head_manifest(src_repo, tag)
-        if head is None:
-            raise ReplicationError(f"{src_repo}:{tag} vanished from the source")
+        # The target first: when it lacks the tag the transfer needs the manifest itself, so
+        # a GET here replaces the HEAD and the transfer's own GET.
         async with slots:
             existing = await target.client.head_manifest(dst_repo, tag)
+        manifest = None
+        async with slots:
+            if existing is None:
+                manifest = await _source_manifest(source, src_repo, tag)
+                head_digest = manifest.digest if manifest else None
+            else:
+                head = await source.client.head_manifest(src_repo, tag)
+                head_digest = head.digest if head else None
+        if head_digest is None:
+            raise ReplicationError(f"{src_repo}:{tag} vanished from the source")
         action: Action = "copy"
         if existing is not None:
-            action = "identical" if existing.digest == head.digest else (
+            action = "identical" if existing.digest == head_digest else (
                 "overwrite" if policy.override else "kept")
         size = None
         if measure and action in ("copy", "overwrite"):
             async with slots:
-                size = await _manifest_bytes(source, src_repo, head.digest)
-        return PlannedTag(tag=tag, digest=head.digest, action=action, bytes=size,
+                size = await _manifest_bytes(source, src_repo, head_digest)
+        keep = manifest if manifest is not None and len(manifest.raw) <= KEEP_MANIFEST_BYTES else None
+        return PlannedTag(tag=tag, digest=head_digest, action=action, bytes=size, manifest=keep,
                           target_digest=existing.digest if existing else None)
 
-    async def plan_repository(item: RepositoryTags) -> PlannedRepository:
+    async def plan_repository(i: int, item: RepositoryTags) -> tuple[int, PlannedRepository]:
+        repository = _named(item, policy, target)
+        if repository.error:
+            return i, repository
         try:
-            dst_repo = target_name(item.repository, policy, target)
-        except ConfigError as exc:
-            return PlannedRepository(source_repository=item.repository, target_repository="",
-                                     tags=[], error=str(exc))
-        try:
-            tags = await asyncio.gather(*(plan_tag(item.repository, dst_repo, t) for t in item.tags))
+            tags = await asyncio.gather(*(plan_tag(item.repository, repository.target_repository, t)
+                                          for t in item.tags))
         except ReplicationError as exc:
             # Planning failures surface as a failed task for this repository, not a dead run.
-            return PlannedRepository(source_repository=item.repository, target_repository=dst_repo,
-                                     tags=[], error=str(exc))
-        return PlannedRepository(source_repository=item.repository, target_repository=dst_repo,
-                                 tags=list(tags))
+            repository.error = str(exc)
+            return i, repository
+        repository.tags = list(tags)
+        return i, repository
 
-    return Plan(repositories=list(await asyncio.gather(*(plan_repository(i) for i in found))))
+    pending = [asyncio.ensure_future(plan_repository(i, item)) for i, item in enumerate(found)]
+    try:
+        for next_done in asyncio.as_completed(pending):
+            yield await next_done
+    finally:
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _source_manifest(source: Adapter, repository: str, tag: str) -> Manifest | None:
+    try:
+        return await source.client.get_manifest(repository, tag)
+    except NotFoundError:
+        return None
 
 
 async def _manifest_bytes(source: Adapter, repository: str, digest: Digest) -> int:

@@ -147,3 +147,77 @@ async def test_catalog_pages_past_one_hundred_repositories(make_registry, make_c
     assert set(listed) == names
     assert len(listed) == len(names)
     assert reg.count_requests("GET", r"/v2/_catalog", since=mark) >= 2
+
+
+async def test_a_copy_into_an_empty_target_reads_each_manifest_once(make_registry, make_corpus):
+    """The plan GETs the manifest of a tag the target lacks and the transfer copies those very
+    bytes: no HEAD on the source, no second GET of a tag, no HEAD of a new repository's children."""
+    from adapters import create_adapter
+    from policies.models import Policy
+    from tasks.discover import RepositoryTags
+    from tasks.plan import make_plan
+    from tests.support.endpoints import endpoint_for
+
+    src, dst = make_registry("anonymous"), make_registry("anonymous")
+    corpus = make_corpus(src)
+    index = corpus.push("app/multi", ["1.0"], ImageKind.OCI_INDEX)
+    single = corpus.push("app/multi", ["2.0"], ImageKind.DOCKER)
+    policy = Policy(name="p", src_registry="s", dest_registry="d")
+    source = create_adapter("docker-registry", endpoint_for(src))
+    target = create_adapter("docker-registry", endpoint_for(dst))
+    src_mark, dst_mark = src.log_mark(), dst.log_mark()
+    try:
+        plan = await make_plan(source, target, policy, [RepositoryTags(repository="app/multi",
+                                                                      tags=["1.0", "2.0"])])
+        [spec] = plan.specs(policy)
+        assert spec.new_on_target
+        assert [t.manifest.digest if t.manifest else None for t in spec.tags] == [index.digest, single.digest]
+        result = await transfer_repository(source.client, target.client, spec,
+                                           BlobCopier(source.client, target.client))
+    finally:
+        await source.aclose()
+        await target.aclose()
+
+    assert [t.status for t in result.tags] == ["copied", "copied"], result.error
+    assert src.count_requests("HEAD", since=src_mark) == 0
+    assert src.count_requests("GET", r"/v2/app/multi/manifests/(1\.0|2\.0)", since=src_mark) == 2
+    assert src.count_requests("GET", r"/v2/app/multi/manifests/sha256:.*", since=src_mark) == \
+        len(index.children)
+    assert dst.count_requests("HEAD", since=dst_mark) == 2  # one per tag, none per child
+    assert dst.count_requests("PUT", r"/v2/app/multi/manifests/.*", since=dst_mark) == 2 + len(index.children)
+    for tag, pushed in (("1.0", index), ("2.0", single)):
+        assert inspect_raw_digest(dst.ref("app/multi", tag), dst.creds) == pushed.digest
+
+
+async def test_a_repository_with_a_tag_on_the_target_still_checks_its_children(make_registry, make_corpus):
+    """Only a repository the target has no tag of is taken as new; otherwise each child
+    manifest is asked for first, and one already there is not pushed again."""
+    from adapters import create_adapter
+    from policies.models import Policy
+    from tasks.discover import RepositoryTags
+    from tasks.plan import make_plan
+    from tests.support.endpoints import endpoint_for
+
+    src, dst = make_registry("anonymous"), make_registry("anonymous")
+    corpus = make_corpus(src)
+    corpus.push("app/multi", ["1.0", "1.1"], ImageKind.OCI_INDEX)
+    await copy(src, dst, "app/multi", ["1.0"])
+    policy = Policy(name="p", src_registry="s", dest_registry="d")
+    source = create_adapter("docker-registry", endpoint_for(src))
+    target = create_adapter("docker-registry", endpoint_for(dst))
+    mark = dst.log_mark()
+    try:
+        plan = await make_plan(source, target, policy, [RepositoryTags(repository="app/multi",
+                                                                      tags=["1.0", "1.1"])])
+        [spec] = plan.specs(policy)
+        assert not spec.new_on_target
+        assert [t.tag for t in spec.tags] == ["1.1"]
+        result = await transfer_repository(source.client, target.client, spec,
+                                           BlobCopier(source.client, target.client))
+    finally:
+        await source.aclose()
+        await target.aclose()
+
+    assert [t.status for t in result.tags] == ["copied"], result.error
+    assert dst.count_requests("HEAD", r"/v2/app/multi/manifests/sha256:.*", since=mark) >= 1
+    assert dst.count_requests("PUT", r"/v2/app/multi/manifests/.*", since=mark) == 1  # the tag only
