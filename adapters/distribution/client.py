@@ -27,6 +27,7 @@ import httpcore
 import httpx
 
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
+from adapters.distribution.http1 import HAPPY_EYEBALLS_SECONDS, Http1Pool
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     ConfigError,
@@ -458,9 +459,11 @@ class _Cookies(httpx.Cookies):
 
 
 class PoolTransport(httpx.AsyncBaseTransport):
-    """httpx's default transport (an httpcore connection pool), built on the public httpcore API
-    so that its connections are ``_Connection``s on asyncio instead of anyio's streams, and
-    split into pools of at most POOL_SHARD_CONNECTIONS.
+    """Registries over plain http get regflow's own HTTP/1.1 connections (``http1``, a third
+    of the CPU httpcore takes per request). Registries over TLS get httpx's default transport
+    (an httpcore connection pool, HTTP/2 when offered), built on the public httpcore API so that
+    its connections are ``_Connection``s on asyncio instead of anyio's streams, and split into
+    pools of at most POOL_SHARD_CONNECTIONS.
 
     Each time a request starts or ends, httpcore's pool checks every idle connection for a
     server-side close (through anyio: a dict of socket attributes and a getpeername() each) and
@@ -485,8 +488,11 @@ class PoolTransport(httpx.AsyncBaseTransport):
             for _ in range(shards)
         ]
         self._busy = [0] * shards  # requests each pool holds a connection for
+        self._plain = Http1Pool(total, keepalive, limits.keepalive_expiry)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "http":
+            return await self._plain.request(request)
         assert isinstance(request.stream, httpx.AsyncByteStream)
         core_request = httpcore.Request(
             method=request.method,
@@ -513,6 +519,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         self._busy[shard] -= 1
 
     async def aclose(self) -> None:
+        await self._plain.aclose()
         for pool in self._pools:
             await pool.aclose()
 
@@ -594,8 +601,6 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-# anyio's delay before racing the next address of a host (RFC 8305's recommended 250 ms).
-HAPPY_EYEBALLS_SECONDS = 0.25
 # Bytes received but not yet read, past which the socket is left to fill (TCP flow control)
 # until the reader catches up: a few of the event loop's 256 KiB reads.
 MAX_UNREAD_BYTES = 1024 * 1024
