@@ -47,6 +47,7 @@ class Http1Pool:
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: dict[Origin, deque[tuple[_Wire, float]]] = {}
         self._open = 0
+        self._closed = False
 
     async def request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout") or {}
@@ -62,6 +63,7 @@ class Http1Pool:
             raise
 
     async def aclose(self) -> None:
+        self._closed = True  # answers still open drop their connection when they close
         for idle in self._idle.values():
             while idle:
                 self._drop(idle.pop()[0])
@@ -113,7 +115,7 @@ class Http1Pool:
 
     def _give_back(self, wire: _Wire, origin: Origin, reusable: bool) -> None:
         self._slots.release()
-        if not (reusable and wire.usable):
+        if not (reusable and wire.usable) or self._closed:
             self._drop(wire)
             return
         idle = self._idle.setdefault(origin, deque())
