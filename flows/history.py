@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -22,13 +24,14 @@ from prefect.client.schemas.filters import (
     TaskRunFilterState,
     TaskRunFilterStateType,
 )
-from prefect.client.schemas.objects import TERMINAL_STATES, State
+from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun, State, TaskRun
 from prefect.client.schemas.sorting import FlowRunSort
 from pydantic import BaseModel
 
-from flows.runtime import policy_tag
+from flows.runtime import TASK_RUNS_LABEL, policy_tag
 
-# How long ``replicate`` waits for the server to record every task run before it returns.
+# How long a reader of an execution that ended this recently waits for the server to record
+# its task runs (they arrive as events; the server writes them in batches every second).
 RECORD_WAIT_SECONDS = 60.0
 # The server records task runs in batches every second (deployments.processes.SERVER_TUNING).
 RECORD_POLL_SECONDS = 0.25
@@ -54,8 +57,14 @@ class ExecutionRecord(BaseModel):
     tasks: list[TaskRecord]
 
 
-async def wait_recorded(flow_run_id: str, expected_task_runs: int) -> bool:
-    """Task runs reach the server as events; make sure they are stored before the process ends."""
+async def wait_recorded(flow_run_id: str, expected_task_runs: int,
+                        client: PrefectClient | None = None) -> bool:
+    """Task runs reach the server as events, recorded a little after the run that started them
+    ended: wait until it holds ``expected_task_runs`` finished ones (False: not in
+    RECORD_WAIT_SECONDS). The run itself does not wait; whoever reads its task runs does."""
+    if client is None:
+        async with get_client() as own:
+            return await wait_recorded(flow_run_id, expected_task_runs, own)
     deadline = time.monotonic() + RECORD_WAIT_SECONDS
     # Counted by the server, not read back: reading every task run four times a second kept
     # the server (whose recorder shares its event loop) from recording them (300 task runs:
@@ -63,13 +72,31 @@ async def wait_recorded(flow_run_id: str, expected_task_runs: int) -> bool:
     query = {"flow_runs": FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])).model_dump(mode="json"),
              "task_runs": TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
                  any_=list(TERMINAL_STATES)))).model_dump(mode="json")}
-    async with get_client() as client:
-        while time.monotonic() < deadline:
-            recorded = (await client.request("POST", "/task_runs/count", json=query)).json()
-            if int(recorded) >= expected_task_runs:
-                return True
-            await asyncio.sleep(RECORD_POLL_SECONDS)
+    while time.monotonic() < deadline:
+        recorded = (await client.request("POST", "/task_runs/count", json=query)).json()
+        if int(recorded) >= expected_task_runs:
+            return True
+        await asyncio.sleep(RECORD_POLL_SECONDS)
     return False
+
+
+async def _task_runs(client: PrefectClient, run: FlowRun) -> list[TaskRun]:
+    """The run's task runs, all of them when it ended moments ago: it labels itself with how
+    many it started, and the server may not have recorded the last ones yet."""
+    async def read() -> list[TaskRun]:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+
+    task_runs = await read()
+    expected = run.labels.get(TASK_RUNS_LABEL)
+    finished = sum(1 for t in task_runs if t.state is not None and t.state.is_final())
+    if isinstance(expected, int) and finished < expected and _ended_within(run, RECORD_WAIT_SECONDS):
+        if await wait_recorded(str(run.id), expected, client):
+            task_runs = await read()
+    return task_runs
+
+
+def _ended_within(run: FlowRun, seconds: float) -> bool:
+    return run.end_time is not None and (datetime.now(UTC) - run.end_time).total_seconds() < seconds
 
 
 async def list_executions(policy: str | None = None, limit: int = 20) -> list[ExecutionRecord]:
@@ -81,8 +108,7 @@ async def list_executions(policy: str | None = None, limit: int = 20) -> list[Ex
             sort=FlowRunSort.START_TIME_DESC, limit=limit)
         records = []
         for run in runs:
-            task_runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            task_runs = await _task_runs(client, run)
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), type=ArtifactFilterType(any_=["table"])))
             rows = _rows(artifacts[0].data if artifacts else None)

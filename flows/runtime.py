@@ -204,10 +204,25 @@ class Progress:
             self._written = (done, total)
 
 
+# The flow run label that says how many transfer task runs the run started: readers of the
+# execution wait for the server to have recorded that many (flows/history.py).
+TASK_RUNS_LABEL = "regflow.task-runs"
+
+
 async def publish(execution: Execution) -> None:
-    """The table artifact is the execution's task table; the markdown one its headline."""
+    """The table artifact is the execution's task table; the markdown one its headline; the
+    label the number of task runs to expect."""
     if not flow_run.id:
         return
+    await asyncio.gather(_artifacts(execution), _label_task_runs(UUID(flow_run.id), execution.transfers))
+
+
+async def _label_task_runs(run_id: UUID, task_runs: int) -> None:
+    async with get_client() as client:
+        await client.update_flow_run_labels(run_id, {TASK_RUNS_LABEL: task_runs})
+
+
+async def _artifacts(execution: Execution) -> None:
     rows = []
     for t in execution.tasks:
         reasons = sorted({f"{o.tag}: {o.reason}" for o in t.tags if o.reason})

@@ -179,7 +179,6 @@ def replicate(
 
 
 def _run_flow(policy: str, quiet: bool) -> Any:
-    from flows import history
     from flows.replicate import replicate as replicate_flow
     from tasks.summary import Execution
 
@@ -190,8 +189,7 @@ def _run_flow(policy: str, quiet: bool) -> Any:
             raise result  # bad input found inside the run (e.g. a CA bundle): exit 2
         if not isinstance(result, Execution):
             _fail(f"execution ended {state.name}: {state.message}", EXIT_FAILED)
-        if result.flow_run_id:
-            await history.wait_recorded(result.flow_run_id, result.transfers)
+        # Not waiting for the server to record the task runs: `regflow executions` does.
         return result
 
     with _user_errors():

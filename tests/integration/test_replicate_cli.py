@@ -142,6 +142,9 @@ def test_apply_replicate_resync_outage_and_history(home, registries, make_corpus
     assert sorted(t["name"] for t in newest_full["tasks"]) == ["team-a/app", "team-a/sub/tool"]
     assert all(t["state"] == "Completed" for t in newest_full["tasks"])
     assert all(r["policy"] == "mirror-team-a" and r["trigger"] == "manual" for r in records)
+    # The newest run returned before the server recorded its task runs; the listing waited.
+    transferred = sorted(t["source"] for t in recovered["tasks"] if t["copied"])
+    assert transferred and sorted(t["name"] for t in records[0]["tasks"]) == transferred
 
     # No secret in anything a user or an attacker could read.
     secrets = [src.password, dst.password]

@@ -22,6 +22,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelling
 
+from flows.history import wait_recorded
+from flows.runtime import TASK_RUNS_LABEL
 from tests.support.corpus import ImageKind
 from tests.support.endpoints import client_for
 from tests.support.prefect_server import PrefectServer
@@ -112,6 +114,9 @@ async def test_stop_mid_blob_refuse_overlap_and_artifacts(prefect_server, make_r
     assert fast.returncode == 0, err
     done = json.loads(out)
     async with prefect_server.client() as client:
+        run = await client.read_flow_run(done["flow_run_id"])
+        assert run.labels[TASK_RUNS_LABEL] == 2  # what readers wait to see recorded
+        assert await wait_recorded(done["flow_run_id"], 2, client)
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[done["flow_run_id"]])))
         task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
