@@ -28,7 +28,7 @@ from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun, State, Task
 from prefect.client.schemas.sorting import FlowRunSort
 from pydantic import BaseModel
 
-from flows.runtime import TASK_RUNS_LABEL, policy_tag
+from flows.runtime import TASK_RUNS_TAG, policy_tag
 
 # How long a reader of an execution that ended this recently waits for the server to record
 # its task runs (they arrive as events; the server writes them in batches every second).
@@ -81,15 +81,16 @@ async def wait_recorded(flow_run_id: str, expected_task_runs: int,
 
 
 async def _task_runs(client: PrefectClient, run: FlowRun) -> list[TaskRun]:
-    """The run's task runs, all of them when it ended moments ago: it labels itself with how
+    """The run's task runs, all of them when it ended moments ago: it tags itself with how
     many it started, and the server may not have recorded the last ones yet."""
     async def read() -> list[TaskRun]:
         return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
 
     task_runs = await read()
-    expected = run.labels.get(TASK_RUNS_LABEL)
+    tagged = _tag_value(list(run.tags), TASK_RUNS_TAG)
+    expected = int(tagged) if tagged.isdigit() else 0
     finished = sum(1 for t in task_runs if t.state is not None and t.state.is_final())
-    if isinstance(expected, int) and finished < expected and _ended_within(run, RECORD_WAIT_SECONDS):
+    if finished < expected and _ended_within(run, RECORD_WAIT_SECONDS):
         if await wait_recorded(str(run.id), expected, client):
             task_runs = await read()
     return task_runs
