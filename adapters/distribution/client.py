@@ -15,7 +15,6 @@ import os
 import re
 import ssl
 import time
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import httpcore
 import httpx
 
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
-from adapters.distribution.http1 import HAPPY_EYEBALLS_SECONDS, Http1Pool
+from adapters.distribution.http1 import HAPPY_EYEBALLS_SECONDS, Http1Pool, Wire
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     ConfigError,
@@ -601,103 +600,27 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-# Bytes received but not yet read, past which the socket is left to fill (TCP flow control)
-# until the reader catches up: a few of the event loop's 256 KiB reads.
-MAX_UNREAD_BYTES = 1024 * 1024
+class _Connection(Wire, httpcore.AsyncNetworkStream):
+    """One connection as httpcore reads and writes it (TLS registries), on asyncio's transport
+    as plain-http ones use it, with httpcore's errors as anyio's backend raises them."""
 
-
-class _Connection(asyncio.Protocol, httpcore.AsyncNetworkStream):
-    """One connection as httpcore reads and writes it, on an asyncio transport.
-
-    What anyio (httpcore's default) does per read and write, and what it costs: a cancel scope
-    with a timer, and pausing the socket after every read and resuming it before the next, two
-    epoll calls. Here the event loop reads the socket as bytes arrive; a read takes what is
-    there and only arms a timer when it has to wait, as does a write that the kernel could not
-    take at once. Errors are httpcore's, as anyio's backend raises them."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._unread: deque[bytes] = deque()
-        self._unread_bytes = 0
-        self._reading_paused = False
-        self._eof = False
-        self._lost = False
-        self._lost_error: BaseException | None = None
-        self._closed = False  # by us
-        self._readable: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None  # while the kernel's buffer is full
-
-    # -- asyncio.Protocol ------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._attach(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if type(data) is not bytes:  # as anyio: some event loops hand over a bytearray
-            data = bytes(data)
-        self._unread.append(data)
-        self._unread_bytes += len(data)
-        if self._unread_bytes > MAX_UNREAD_BYTES and not self._reading_paused and self._transport:
-            self._transport.pause_reading()
-            self._reading_paused = True
-        _wake(self._readable)
-
-    def eof_received(self) -> None:
-        self._eof = True  # returning None lets asyncio close the transport
-        _wake(self._readable)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost, self._lost_error = True, exc
-        _wake(self._readable)
-        _wake(self._writable)
-
-    def pause_writing(self) -> None:
-        self._writable = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        _wake(self._writable)
-        self._writable = None
-
-    # -- httpcore.AsyncNetworkStream -------------------------------------------------------
+    read_error = httpcore.ReadError
+    read_timeout = httpcore.ReadTimeout
+    write_error = httpcore.WriteError
+    write_timeout = httpcore.WriteTimeout
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        while not self._unread:
-            if self._closed:
-                raise httpcore.ReadError("connection closed")
-            if self._lost_error is not None:
-                raise httpcore.ReadError(str(self._lost_error)) from self._lost_error
-            if self._eof or self._lost:
-                return b""
-            self._readable = self._loop.create_future()
-            try:
-                await _wait(self._readable, timeout, httpcore.ReadTimeout)
-            finally:
-                self._readable = None
-        chunk = self._unread.popleft()
+        chunk = await self.receive(timeout)
         if len(chunk) > max_bytes:
-            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
-            self._unread.appendleft(rest)
-        self._unread_bytes -= len(chunk)
-        if self._reading_paused and not self._unread and self._transport is not None:
-            self._transport.resume_reading()
-            self._reading_paused = False
+            self.unread(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
         return chunk
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        if not buffer:
-            return
-        self._check_writable()
-        assert self._transport is not None
-        self._transport.write(buffer)
-        if self._writable is not None:  # the kernel took part of it; the rest waits in asyncio
-            await _wait(self._writable, timeout, httpcore.WriteTimeout)
-            self._check_writable()
+        await self.send(buffer, timeout)
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._transport is not None:
-            self._transport.abort()
+        self.abort()
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
@@ -720,60 +643,18 @@ class _Connection(asyncio.Protocol, httpcore.AsyncNetworkStream):
         if info == "is_readable":
             # Idle in the pool: anything received (data, EOF, a reset) means the server closed it
             # or broke the protocol. The event loop has read it already; no system call.
-            return bool(self._unread) or self._eof or self._lost or self._closed
+            return not self.usable
         if transport is None:
             return None
         key = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername",
                "socket": "socket"}.get(info)
         return transport.get_extra_info(key) if key else None
 
-    # -- plumbing ----------------------------------------------------------------------------
-
     def ready(self, socket_options: Iterable[Any] | None) -> _Connection:
         sock = self.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
         return self
-
-    def _attach(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        # As anyio: a write is done when the kernel holds all of it, not while asyncio buffers it.
-        # asyncio's TLS transport pauses at a high-water mark of 0 even with nothing buffered and
-        # then never resumes: 1 byte is its equivalent.
-        tls = transport.get_extra_info("ssl_object") is not None
-        transport.set_write_buffer_limits(high=1 if tls else 0)
-
-    def _check_writable(self) -> None:
-        if self._closed:
-            raise httpcore.WriteError("connection closed")
-        if self._lost_error is not None:
-            raise httpcore.WriteError(str(self._lost_error)) from self._lost_error
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-async def _wait(waiter: asyncio.Future[None], seconds: float | None,
-                timeout_error: type[httpcore.TimeoutException]) -> None:
-    """Wait for ``waiter``, raising ``timeout_error`` after ``seconds``."""
-    if seconds is None:
-        await waiter
-        return
-    timer = asyncio.get_running_loop().call_later(seconds, _expire, waiter)
-    try:
-        await waiter
-    except TimeoutError:
-        raise timeout_error(f"no progress for {seconds} s") from None
-    finally:
-        timer.cancel()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 @contextmanager

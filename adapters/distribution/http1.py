@@ -45,7 +45,7 @@ class Http1Pool:
         self._max_idle = max_connections if max_idle is None else max_idle
         self._expiry = keepalive_expiry
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[Origin, deque[tuple[_Wire, float]]] = {}
+        self._idle: dict[Origin, deque[tuple[Wire, float]]] = {}
         self._open = 0
         self._closed = False
 
@@ -82,7 +82,7 @@ class Http1Pool:
                 while 100 <= status < 200:  # interim answers (102, 103) come before the real one
                     if status == 101:
                         raise httpx.RemoteProtocolError("the registry switched protocols unasked")
-                    status, reason, version, headers = _parse_head(await wire.read_head(read_timeout))
+                    status, reason, version, headers = _parse_head(await wire.receive_head(read_timeout))
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
                 self._drop(wire)
                 if reused and repeatable and not wire.answered:
@@ -98,7 +98,7 @@ class Http1Pool:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _connection(self, origin: Origin, connect_timeout: float | None) -> tuple[_Wire, bool]:
+    async def _connection(self, origin: Origin, connect_timeout: float | None) -> tuple[Wire, bool]:
         idle = self._idle.get(origin)
         now = asyncio.get_running_loop().time()
         while idle:
@@ -113,7 +113,7 @@ class Http1Pool:
         self._open += 1
         return wire, False
 
-    def _give_back(self, wire: _Wire, origin: Origin, reusable: bool) -> None:
+    def _give_back(self, wire: Wire, origin: Origin, reusable: bool) -> None:
         self._slots.release()
         if not (reusable and wire.usable) or self._closed:
             self._drop(wire)
@@ -123,7 +123,7 @@ class Http1Pool:
         if len(idle) > self._max_idle:
             self._drop(idle.popleft()[0])
 
-    def _drop(self, wire: _Wire) -> None:
+    def _drop(self, wire: Wire) -> None:
         if not wire.dropped:
             wire.dropped = True
             self._open -= 1
@@ -138,11 +138,11 @@ class Http1Pool:
         return True
 
 
-async def _connect(origin: Origin, seconds: float | None) -> _Wire:
+async def _connect(origin: Origin, seconds: float | None) -> Wire:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(seconds):
-            _, wire = await loop.create_connection(_Wire, origin[0], origin[1],
+            _, wire = await loop.create_connection(Wire, origin[0], origin[1],
                                                    happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
     except TimeoutError as exc:
         raise httpx.ConnectTimeout(str(exc) or f"no connection to {origin[0]}:{origin[1]} in time") from exc
@@ -151,7 +151,7 @@ async def _connect(origin: Origin, seconds: float | None) -> _Wire:
     return wire
 
 
-async def _send(wire: _Wire, request: httpx.Request, write_timeout: float | None,
+async def _send(wire: Wire, request: httpx.Request, write_timeout: float | None,
                 read_timeout: float | None) -> bytes:
     """Writes the request and returns the head of the answer."""
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
@@ -162,20 +162,20 @@ async def _send(wire: _Wire, request: httpx.Request, write_timeout: float | None
     try:
         if isinstance(stream, httpx.ByteStream):  # the body is in hand: one write with the head
             body = b"".join([part async for part in stream])
-            await wire.write(head + (_chunk(body) + b"0\r\n\r\n" if chunked else body), write_timeout)
+            await wire.send(head + (_chunk(body) + b"0\r\n\r\n" if chunked else body), write_timeout)
         else:
-            await wire.write(head, write_timeout)
+            await wire.send(head, write_timeout)
             assert isinstance(stream, httpx.AsyncByteStream)
             async for part in stream:
-                await wire.write(_chunk(part) if chunked else part, write_timeout)
+                await wire.send(_chunk(part) if chunked else part, write_timeout)
             if chunked:
-                await wire.write(b"0\r\n\r\n", write_timeout)
+                await wire.send(b"0\r\n\r\n", write_timeout)
     except httpx.WriteError:
         # A server may answer (an error) and close without reading the whole body: its answer
         # says more than the broken pipe.
         if not wire.answered:
             raise
-    return await wire.read_head(read_timeout)
+    return await wire.receive_head(read_timeout)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -232,7 +232,7 @@ class _Body(httpx.AsyncByteStream):
     """An answer's body as it arrives; closing it hands the connection back (kept alive only
     when the body was read to its end)."""
 
-    def __init__(self, pool: Http1Pool, wire: _Wire, origin: Origin, framing: Framing, length: int,
+    def __init__(self, pool: Http1Pool, wire: Wire, origin: Origin, framing: Framing, length: int,
                  keep_alive: bool, read_timeout: float | None) -> None:
         self._pool = pool
         self._wire = wire
@@ -265,7 +265,7 @@ class _Body(httpx.AsyncByteStream):
     async def _sized(self) -> AsyncIterator[bytes]:
         remaining = self._length
         while remaining > 0:
-            data = await self._wire.read(self._timeout)
+            data = await self._wire.receive(self._timeout)
             if not data:
                 raise httpx.RemoteProtocolError(
                     f"the registry closed the connection {self._length - remaining} bytes into a "
@@ -277,7 +277,7 @@ class _Body(httpx.AsyncByteStream):
             yield data
 
     async def _until_close(self) -> AsyncIterator[bytes]:
-        while data := await self._wire.read(self._timeout):
+        while data := await self._wire.receive(self._timeout):
             yield data
 
     async def _chunked(self) -> AsyncIterator[bytes]:
@@ -314,15 +314,23 @@ class _Body(httpx.AsyncByteStream):
         return buffer[:end], buffer[end + 2:]
 
     async def _more(self) -> bytes:
-        data = await self._wire.read(self._timeout)
+        data = await self._wire.receive(self._timeout)
         if not data:
             raise httpx.RemoteProtocolError("the registry closed the connection inside a chunked body")
         return data
 
 
-class _Wire(asyncio.Protocol):
-    """One connection: what the event loop received, waiting to be read, and writes that wait
-    only while the kernel cannot take them."""
+class Wire(asyncio.Protocol):
+    """One connection on an asyncio transport. The event loop reads the socket as bytes arrive
+    and they wait here to be received; a receive or a send arms a timer only when it has to
+    wait. (anyio, httpcore's default, arms a cancel scope's timer per read and write, and
+    pauses the socket after every read and resumes it before the next: two epoll calls.)
+    Errors are the class's own: httpx's here, httpcore's for the TLS connections in client.py."""
+
+    read_error: type[Exception] = httpx.ReadError
+    read_timeout: type[Exception] = httpx.ReadTimeout
+    write_error: type[Exception] = httpx.WriteError
+    write_timeout: type[Exception] = httpx.WriteTimeout
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -332,21 +340,21 @@ class _Wire(asyncio.Protocol):
         self._reading_paused = False
         self._eof = False
         self._lost = False
-        self._error: BaseException | None = None
+        self._lost_error: BaseException | None = None
+        self._closed = False  # by us
         self._readable: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None  # while the kernel's buffer is full
         self.answered = False  # received anything since the current request went out
-        self.dropped = False
+        self.dropped = False  # by its pool
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        # A write is done when the kernel holds all of it, not while asyncio buffers it.
-        transport.set_write_buffer_limits(high=0)
+        self._attach(transport)
 
     def data_received(self, data: bytes) -> None:
+        if type(data) is not bytes:  # as anyio: some event loops hand over a bytearray
+            data = bytes(data)
         self.answered = True
         self._unread.append(data)
         self._unread_bytes += len(data)
@@ -360,7 +368,7 @@ class _Wire(asyncio.Protocol):
         _wake(self._readable)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost, self._error = True, exc
+        self._lost, self._lost_error = True, exc
         _wake(self._readable)
         _wake(self._writable)
 
@@ -371,39 +379,57 @@ class _Wire(asyncio.Protocol):
         _wake(self._writable)
         self._writable = None
 
-    # -- for the pool -------------------------------------------------------------------------
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        # As anyio: a write is done when the kernel holds all of it, not while asyncio buffers it.
+        # asyncio's TLS transport pauses at a high-water mark of 0 even with nothing buffered and
+        # then never resumes: 1 byte is its equivalent.
+        tls = transport.get_extra_info("ssl_object") is not None
+        transport.set_write_buffer_limits(high=1 if tls else 0)
+
+    # -- reading and writing ------------------------------------------------------------------
 
     @property
     def usable(self) -> bool:
         """Idle and fit for a request: nothing unread, not closed by either side."""
-        return not (self._unread or self._eof or self._lost or self.dropped)
+        return not (self._unread or self._eof or self._lost or self._closed or self.dropped)
 
     def abort(self) -> None:
+        self._closed = True
         if self._transport is not None:
             self._transport.abort()
 
-    async def write(self, data: bytes, seconds: float | None) -> None:
+    async def send(self, data: bytes, seconds: float | None) -> None:
         if not data:
             return
-        if self._lost or self.dropped:
-            raise httpx.WriteError(str(self._error or "connection closed"))
+        self._check_writable()
         assert self._transport is not None
         self._transport.write(data)
         if self._writable is not None:  # the kernel took part of it; the rest waits in asyncio
-            await _wait(self._writable, seconds, httpx.WriteTimeout)
-            if self._lost:
-                raise httpx.WriteError(str(self._error or "connection closed"))
+            await _wait(self._writable, seconds, self.write_timeout)
+            self._check_writable()
 
-    async def read(self, seconds: float | None) -> bytes:
-        """What has arrived (waiting for some if nothing has); b"" once the server closed."""
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise self.write_error("connection closed")
+        if self._lost_error is not None:
+            raise self.write_error(str(self._lost_error)) from self._lost_error
+        if self._lost:
+            raise self.write_error("the peer closed the connection")
+
+    async def receive(self, seconds: float | None) -> bytes:
+        """What has arrived (waiting for some if nothing has); b"" once the peer closed."""
         while not self._unread:
-            if self._error is not None:
-                raise httpx.ReadError(str(self._error))
+            if self._closed:
+                raise self.read_error("connection closed")
+            if self._lost_error is not None:
+                raise self.read_error(str(self._lost_error)) from self._lost_error
             if self._eof or self._lost:
                 return b""
             self._readable = self._loop.create_future()
             try:
-                await _wait(self._readable, seconds, httpx.ReadTimeout)
+                await _wait(self._readable, seconds, self.read_timeout)
             finally:
                 self._readable = None
         data = self._unread.popleft()
@@ -413,11 +439,17 @@ class _Wire(asyncio.Protocol):
             self._reading_paused = False
         return data
 
-    async def read_head(self, seconds: float | None) -> bytes:
+    def unread(self, data: bytes) -> None:
+        """Hand back the part of a receive that belongs to what comes next."""
+        if data:
+            self._unread.appendleft(data)
+            self._unread_bytes += len(data)
+
+    async def receive_head(self, seconds: float | None) -> bytes:
         """An answer's status line and headers, without the blank line that ends them."""
         head = b""
         while True:
-            data = await self.read(seconds)
+            data = await self.receive(seconds)
             if not data:
                 raise httpx.RemoteProtocolError(
                     "the registry closed the connection " + ("inside an answer's headers" if head else
@@ -425,10 +457,7 @@ class _Wire(asyncio.Protocol):
             head += data
             end = head.find(b"\r\n\r\n")
             if end >= 0:
-                if len(head) > end + 4:
-                    rest = head[end + 4:]
-                    self._unread.appendleft(rest)
-                    self._unread_bytes += len(rest)
+                self.unread(head[end + 4:])
                 return head[:end]
             if len(head) > MAX_HEAD_BYTES:
                 raise httpx.RemoteProtocolError("an answer's headers over 64 KiB")
@@ -440,7 +469,7 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 
 async def _wait(waiter: asyncio.Future[None], seconds: float | None,
-                timeout_error: type[httpx.TimeoutException]) -> None:
+                timeout_error: type[Exception]) -> None:
     if seconds is None:
         await waiter
         return
