@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -67,6 +68,20 @@ def serve(home: Path, key: str, idle: float) -> int:
     return 0
 
 
+# Modules a replicate call imports on first use (Prefect's flow engine, FastAPI's encoder for
+# flow parameters, the store's SQLite dialect, ...): measured at ~0.25 s of every fork's time
+# before they were imported here. Internal names may move between versions; a missing one
+# only costs that time again.
+LAZY_IMPORTS = (
+    "prefect.engine", "prefect.flow_engine", "prefect.task_engine", "fastapi.encoders",
+    "prefect.utilities.visualization", "prefect.telemetry.run_telemetry",
+    "prefect._internal.control_listener", "prefect._internal.attempt_control",
+    "prefect.concurrency.v1.context", "sqlalchemy.dialects.sqlite", "sqlite3",
+    "anyio._backends._asyncio", "rich._emoji_codes", "typer._click.decorators", "pydantic.color",
+    "http.cookies", "encodings.idna", "typer._adapters",
+)
+
+
 def _preload() -> None:
     """Import what a replicate call needs, as it would: Prefect reads its settings at import."""
     from flows import embedded
@@ -74,6 +89,9 @@ def _preload() -> None:
     import flows.replicate  # noqa: F401  (the import is the point)
     import regflow_cli.main  # noqa: F401
     import tasks.load  # noqa: F401
+    for name in LAZY_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
     from adapters.distribution.client import tls_verify
     from adapters.endpoint import Endpoint
     # The system's CA store (~20 ms of CPU per load), loaded here once for every fork.
