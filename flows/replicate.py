@@ -15,6 +15,7 @@ from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 from prefect.states import Cancelled, Completed, Failed
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 from adapters import Adapter
 from adapters.errors import ReplicationError, is_transient
@@ -168,7 +169,9 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
         if stop.is_set:
             return ReplicationError(f"not started: {stop.reason}")
         started += 1
-        state: State = await transfer(spec, return_state=True)  # type: ignore[misc]
+        # quote: Prefect would otherwise walk every field of the spec (its manifests' layers
+        # included) twice per task run looking for futures; the task gets the spec itself.
+        state: State = await transfer(quote(spec), return_state=True)  # type: ignore[misc]
         progress.advance()
         data = await state.aresult(raise_on_failure=False)
         if isinstance(data, TransferIncomplete):

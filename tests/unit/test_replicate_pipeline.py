@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prefect.utilities.annotations import quote
 
 import flows.replicate as replicate
 import flows.runtime as runtime
@@ -58,7 +59,8 @@ class World:
         self.source = SimpleNamespace(client=client)
         self.target = SimpleNamespace(client=client, info=SimpleNamespace(supports_mount=True))
 
-    async def _transfer(self, spec: TransferSpec, return_state: bool = True) -> _State:
+    async def _transfer(self, quoted: quote[TransferSpec], return_state: bool = True) -> _State:
+        spec = quoted.unquote()  # as Prefect hands it to the task
         self.started.append(spec.source_repository)
         self.first_started.set()
         await asyncio.sleep(0)
