@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from adapters import Adapter
-from adapters.errors import ConfigError, NotFoundError, ReplicationError
+from adapters.errors import ConfigError, ContentError, NotFoundError, ReplicationError
 from adapters.oci import Digest, Manifest, validate_repository
 from policies.models import Policy
 from policies.namespace import check_path_rule, replace_namespace
@@ -122,8 +122,7 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         manifest = None
         async with slots:
             if existing is None:
-                manifest = await _source_manifest(source, src_repo, tag)
-                head_digest = manifest.digest if manifest else None
+                head_digest, manifest = await _source_manifest(source, src_repo, tag)
             else:
                 head = await source.client.head_manifest(src_repo, tag)
                 head_digest = head.digest if head else None
@@ -165,11 +164,18 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _source_manifest(source: Adapter, repository: str, tag: str) -> Manifest | None:
+async def _source_manifest(source: Adapter, repository: str,
+                           tag: str) -> tuple[Digest | None, Manifest | None]:
+    """The tag's digest and manifest; a manifest regflow does not copy (schema1, too large, not
+    what it claims) still gets its digest, so the transfer fails that tag alone, with the reason."""
     try:
-        return await source.client.get_manifest(repository, tag)
+        manifest = await source.client.get_manifest(repository, tag)
     except NotFoundError:
-        return None
+        return None, None
+    except ContentError:
+        head = await source.client.head_manifest(repository, tag)
+        return (head.digest if head else None), None
+    return manifest.digest, manifest
 
 
 async def _manifest_bytes(source: Adapter, repository: str, digest: Digest) -> int:
