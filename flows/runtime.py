@@ -42,6 +42,11 @@ CANCEL_POLL_SECONDS = 1.0
 # `prefect gcl update registry-<host> --limit N`.
 REGISTRY_HOST_SLOTS = 8
 
+# The tag that says how many transfer task runs the run started, ``task-runs:<n>``: readers of
+# the execution wait for the server to have recorded that many (flows/history.py). A tag, not
+# a flow run label: the server took ~2 s to answer a label update (measured, Prefect 3.9).
+TASK_RUNS_TAG = "task-runs:"
+
 _known_limits: set[str] = set()
 logger = logging.getLogger(__name__)
 
@@ -74,15 +79,19 @@ def policy_tag(policy: str) -> str:
     return f"policy:{policy}"
 
 
-async def label_run(policy: str, trigger: str, event_id: str | None) -> None:
-    """Tags make executions findable by policy and show how each one was started."""
+async def label_run(policy: str, trigger: str, event_id: str | None, task_runs: int | None = None) -> None:
+    """Tags make executions findable by policy and show how each one was started; once it
+    ends, how many task runs it started (``TASK_RUNS_TAG``). Derived from the tags the run was
+    created with each time, so the last call needs no read of the run."""
     run_id = flow_run.id
     if not run_id:
         return
-    kept = [t for t in flow_run.tags if not t.startswith("trigger:")]
+    kept = [t for t in flow_run.tags if not t.startswith(("trigger:", TASK_RUNS_TAG))]
     labels = {policy_tag(policy), f"trigger:{trigger}", *kept}
     if event_id:
         labels.add(f"event:{event_id}")
+    if task_runs is not None:
+        labels.add(f"{TASK_RUNS_TAG}{task_runs}")
     async with get_client() as client:
         await client.update_flow_run(UUID(run_id), tags=sorted(labels))
 
@@ -165,9 +174,9 @@ class Progress:
         if self._listener is not None:
             self._listener(0, total)
 
-    def expect(self, more: int = 1) -> None:
-        """More repositories to transfer: the plan hands them over as it finds them."""
-        self.total += more
+    def expect(self) -> None:
+        """One more repository to transfer: the plan hands them over as it finds them."""
+        self.total += 1
         self._changed()
 
     def advance(self) -> None:
@@ -204,25 +213,13 @@ class Progress:
             self._written = (done, total)
 
 
-# The tag that says how many transfer task runs the run started, ``task-runs:<n>``: readers of
-# the execution wait for the server to have recorded that many (flows/history.py). A tag, not
-# a flow run label: the server took ~2 s to answer a label update (measured, Prefect 3.9).
-TASK_RUNS_TAG = "task-runs:"
-
-
 async def publish(execution: Execution) -> None:
     """The table artifact is the execution's task table; the markdown one its headline; a tag
     the number of task runs to expect."""
     if not flow_run.id:
         return
-    await asyncio.gather(_artifacts(execution), _tag_task_runs(UUID(flow_run.id), execution.transfers))
-
-
-async def _tag_task_runs(run_id: UUID, task_runs: int) -> None:
-    async with get_client() as client:
-        tags = (await client.read_flow_run(run_id)).tags
-        await client.update_flow_run(run_id, tags=[*(t for t in tags if not t.startswith(TASK_RUNS_TAG)),
-                                                    f"{TASK_RUNS_TAG}{task_runs}"])
+    await asyncio.gather(_artifacts(execution), label_run(execution.policy, execution.trigger,
+                                                          execution.event_id, execution.transfers))
 
 
 async def _artifacts(execution: Execution) -> None:

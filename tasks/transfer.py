@@ -75,14 +75,11 @@ class _RepositoryCopy:
         self.dst_repo = spec.target_repository
         self._present: set[str] = set()  # manifest digests known to be on the target repo
         self._children: dict[str, asyncio.Future[int]] = {}  # child manifests being copied
-        # No tag of the repository was on the target: asking for each child manifest first
-        # would be a wasted HEAD per child (a full copy's indexes).
-        self._new = spec.new_on_target
 
     async def copy_tag(self, plan: TagPlan) -> TagOutcome:
         digest = plan.digest
         try:
-            manifest = plan.manifest if plan.manifest is not None and plan.manifest.digest == digest else None
+            manifest = plan.manifest  # fetched by the plan, or None
             if digest is None:
                 manifest = await self.source.get_manifest(self.src_repo, plan.tag)
                 digest = manifest.digest
@@ -134,7 +131,10 @@ class _RepositoryCopy:
         return await copying
 
     async def _place_child(self, child: Descriptor, depth: int) -> int:
-        if not self._new and await self.target.head_manifest(self.dst_repo, child.digest) is not None:
+        # A repository none of whose tags was on the target (new_on_target) holds none of the
+        # children either, most likely: a HEAD per child would be wasted.
+        if (not self.spec.new_on_target
+                and await self.target.head_manifest(self.dst_repo, child.digest) is not None):
             self._present.add(child.digest)
             return 0
         manifest = await self.source.get_manifest(self.src_repo, child.digest)

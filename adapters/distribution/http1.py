@@ -82,7 +82,7 @@ class Http1Pool:
                 while 100 <= status < 200:  # interim answers (102, 103) come before the real one
                     if status == 101:
                         raise httpx.RemoteProtocolError("the registry switched protocols unasked")
-                    status, reason, version, headers = _parse_head(await wire.receive_head(read_timeout))
+                    status, reason, version, headers = _parse_head(await _receive_head(wire, read_timeout))
             except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
                 self._drop(wire)
                 if reused and repeatable and not wire.answered:
@@ -175,7 +175,25 @@ async def _send(wire: Wire, request: httpx.Request, write_timeout: float | None,
         # says more than the broken pipe.
         if not wire.answered:
             raise
-    return await wire.receive_head(read_timeout)
+    return await _receive_head(wire, read_timeout)
+
+
+async def _receive_head(wire: Wire, seconds: float | None) -> bytes:
+    """An answer's status line and headers, without the blank line that ends them."""
+    head = b""
+    while True:
+        data = await wire.receive(seconds)
+        if not data:
+            raise httpx.RemoteProtocolError(
+                "the registry closed the connection " + ("inside an answer's headers" if head else
+                                                          "without answering"))
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            wire.unread(head[end + 4:])
+            return head[:end]
+        if len(head) > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("an answer's headers over 64 KiB")
 
 
 def _chunk(data: bytes) -> bytes:
@@ -444,23 +462,6 @@ class Wire(asyncio.Protocol):
         if data:
             self._unread.appendleft(data)
             self._unread_bytes += len(data)
-
-    async def receive_head(self, seconds: float | None) -> bytes:
-        """An answer's status line and headers, without the blank line that ends them."""
-        head = b""
-        while True:
-            data = await self.receive(seconds)
-            if not data:
-                raise httpx.RemoteProtocolError(
-                    "the registry closed the connection " + ("inside an answer's headers" if head else
-                                                              "without answering"))
-            head += data
-            end = head.find(b"\r\n\r\n")
-            if end >= 0:
-                self.unread(head[end + 4:])
-                return head[:end]
-            if len(head) > MAX_HEAD_BYTES:
-                raise httpx.RemoteProtocolError("an answer's headers over 64 KiB")
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
