@@ -36,8 +36,9 @@ from tasks.summary import MESSAGE_FAILURES, Execution, summarize, summarize_dele
 from tasks.transfer import transfer_repository
 from tasks.verify import VerifyReport, verify_policy
 
-# Repositories transferred at once in one run. Each transfer moves up to BLOB_CONCURRENCY blobs;
-# on the 2-core reference machine the registries saturate at about this many streams.
+# Repositories transferred at once in one run. The run moves at most BLOB_CONCURRENCY blobs at
+# once whatever the repositories; four lanes of up to TAG_CONCURRENCY tags keep them all busy
+# on the 2-core reference machine (six lanes were not faster).
 TRANSFER_CONCURRENCY = 4
 # Task-level attempts for transient failures (connection loss, 5xx, 429); blob-level retries
 # inside one attempt come first.

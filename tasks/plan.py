@@ -3,7 +3,8 @@ already identical on the target, so that transfers only see real work.
 
 A repository whose every tag is identical gets no transfer task at all: a no-change resync of
 a large registry costs two HEADs per tag and nothing else. A tag the target lacks costs a HEAD
-there and a GET of its manifest here, which the transfer then uses instead of fetching it again.
+there and a GET of its manifest here, which the transfer then uses instead of fetching it again;
+a repository the target has no tag of at all costs two requests there, not one per tag.
 The plan comes out one repository at a time, as each is known, so the flow can start copying
 the first while it plans the rest.
 """
@@ -17,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from adapters import Adapter
+from adapters.distribution.client import ManifestHead
 from adapters.errors import ConfigError, ContentError, NotFoundError, ReplicationError
 from adapters.oci import Digest, Manifest, validate_repository
 from policies.models import Policy
@@ -30,6 +32,10 @@ PLAN_CONCURRENCY = 16
 # are 0.5-4 KiB): a full copy of 2,000 repositories x 5 tags then holds ~40 MiB of them, and a
 # rare huge index is simply fetched again.
 KEEP_MANIFEST_BYTES = 16 * 1024
+# A repository with more tags than this whose first tag the target lacks: ask the target once
+# whether the repository has any tag before a HEAD per tag. New on the target, it then costs
+# two requests there instead of one per tag; otherwise one more request than the HEADs alone.
+ASK_FOR_ANY_TAG_ABOVE = 2
 
 Action = Literal["copy", "overwrite", "identical", "kept"]
 
@@ -114,11 +120,9 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
     """Each repository's plan with its index in ``found``, in the order they complete."""
     slots = asyncio.Semaphore(PLAN_CONCURRENCY)
 
-    async def plan_tag(src_repo: str, dst_repo: str, tag: str) -> PlannedTag:
-        # The target first: when it lacks the tag the transfer needs the manifest itself, so
-        # a GET here replaces the HEAD and the transfer's own GET.
-        async with slots:
-            existing = await target.client.head_manifest(dst_repo, tag)
+    async def plan_tag(src_repo: str, tag: str, existing: ManifestHead | None) -> PlannedTag:
+        # When the target lacks the tag the transfer needs the manifest itself, so a GET here
+        # replaces the HEAD and the transfer's own GET.
         manifest = None
         async with slots:
             if existing is None:
@@ -145,8 +149,9 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         if repository.error:
             return i, repository
         try:
-            tags = await asyncio.gather(*(plan_tag(item.repository, repository.target_repository, t)
-                                          for t in item.tags))
+            # The target first, for every tag: what it lacks decides what to ask the source.
+            existing = await _on_target(target, slots, repository.target_repository, item.tags)
+            tags = await asyncio.gather(*(plan_tag(item.repository, t, existing[t]) for t in item.tags))
         except ReplicationError as exc:
             # Planning failures surface as a failed task for this repository, not a dead run.
             repository.error = str(exc)
@@ -162,6 +167,30 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         for job in pending:
             job.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _on_target(target: Adapter, slots: asyncio.Semaphore, repository: str,
+                     tags: list[str]) -> dict[str, ManifestHead | None]:
+    """What each tag points at on the target; None where the target lacks it."""
+    async def head(tag: str) -> ManifestHead | None:
+        async with slots:
+            return await target.client.head_manifest(repository, tag)
+
+    if len(tags) <= ASK_FOR_ANY_TAG_ABOVE:
+        return dict(zip(tags, await asyncio.gather(*map(head, tags)), strict=True))
+    first = await head(tags[0])
+    if first is None and not await _has_any_tag(target, slots, repository):
+        return dict.fromkeys(tags)
+    rest = await asyncio.gather(*map(head, tags[1:]))
+    return {tags[0]: first, **dict(zip(tags[1:], rest, strict=True))}
+
+
+async def _has_any_tag(target: Adapter, slots: asyncio.Semaphore, repository: str) -> bool:
+    async with slots:
+        try:
+            return await target.client.has_tags(repository)
+        except ReplicationError:
+            return True  # a registry that will not list tags (or not now): ask tag by tag
 
 
 async def _source_manifest(source: Adapter, repository: str,

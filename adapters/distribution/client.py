@@ -278,6 +278,16 @@ class DistributionClient:
             url = _next_link(response)
         raise ContentError(f"tag list of {repository} did not end after {MAX_PAGES} pages")
 
+    async def has_tags(self, repository: str) -> bool:
+        """Whether the repository holds any tag, from a page of at most one (a registry that
+        ignores ``n`` sends the whole list, which answers as well)."""
+        try:
+            response = await self._send("GET", self._path(repository, "tags", "list") + "?n=1",
+                                        scopes=(self._scope(repository, "pull"),), ok=(200,))
+        except NotFoundError:
+            return False
+        return bool(_json_list(response, "tags"))
+
     # -- manifests -------------------------------------------------------------------------
 
     async def head_manifest(self, repository: str, ref: str) -> ManifestHead | None:

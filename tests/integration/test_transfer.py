@@ -221,3 +221,44 @@ async def test_a_repository_with_a_tag_on_the_target_still_checks_its_children(m
     assert [t.status for t in result.tags] == ["copied"], result.error
     assert dst.count_requests("HEAD", r"/v2/app/multi/manifests/sha256:.*", since=mark) >= 1
     assert dst.count_requests("PUT", r"/v2/app/multi/manifests/.*", since=mark) == 1  # the tag only
+
+
+async def test_a_repository_new_on_the_target_is_asked_for_any_tag_once(make_registry, make_corpus):
+    """Four tags into an empty token-auth target: one HEAD and one page of its tag list there,
+    not four HEADs; once copied, a resync asks tag by tag and never lists."""
+    from adapters import create_adapter
+    from policies.models import Policy
+    from tasks.discover import RepositoryTags
+    from tasks.plan import make_plan
+    from tests.support.endpoints import endpoint_for
+
+    src, dst = make_registry("anonymous"), make_registry("token")
+    tags = ["1.0", "1.1", "2.0", "latest"]
+    make_corpus(src).push("app/web", tags, ImageKind.OCI)
+    policy = Policy(name="p", src_registry="s", dest_registry="d")
+    found = [RepositoryTags(repository="app/web", tags=tags)]
+    source = create_adapter("docker-registry", endpoint_for(src))
+    target = create_adapter("docker-registry", endpoint_for(dst))
+    try:
+        assert await target.client.has_tags("app/web") is False
+        mark = dst.log_mark()
+        [spec] = (await make_plan(source, target, policy, found)).specs(policy)
+        assert dst.count_requests("HEAD", since=mark) == 1
+        assert dst.count_requests("GET", "/v2/app/web/tags/list", since=mark) == 1
+        assert [t.tag for t in spec.tags] == tags and spec.new_on_target
+        result = await transfer_repository(source.client, target.client, spec,
+                                           BlobCopier(source.client, target.client))
+        assert result.status == "Succeeded", result.error
+        assert await target.client.has_tags("app/web") is True
+
+        mark = dst.log_mark()
+        resync = await make_plan(source, target, policy, found)
+        assert resync.specs(policy) == []
+        assert dst.count_requests("HEAD", since=mark) == len(tags)
+        assert dst.count_requests("GET", "/v2/app/web/tags/list", since=mark) == 0
+    finally:
+        await source.aclose()
+        await target.aclose()
+    for tag in tags:
+        assert inspect_raw_digest(dst.ref("app/web", tag), dst.creds) == \
+            inspect_raw_digest(src.ref("app/web", tag), src.creds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from adapters.distribution.client import ManifestHead
-from adapters.errors import UnsupportedMediaTypeError
+from adapters.errors import PermissionDeniedError, UnsupportedMediaTypeError
 from adapters.oci import Digest, parse_manifest
 from policies.models import Policy
 from tasks.discover import RepositoryTags
@@ -40,6 +40,24 @@ class EmptyTarget:
         return None
 
 
+class Target:
+    """A target holding ``tags`` (each at MANIFEST's digest); records what it is asked."""
+
+    def __init__(self, tags: set[str], *, listing: bool = True) -> None:
+        self.tags, self.listing = tags, listing
+        self.calls: list[str] = []
+
+    async def head_manifest(self, repository: str, ref: str) -> ManifestHead | None:
+        self.calls.append(f"HEAD {ref}")
+        return ManifestHead(MANIFEST.digest, "x", 1) if ref in self.tags else None
+
+    async def has_tags(self, repository: str) -> bool:
+        self.calls.append("any tag?")
+        if not self.listing:
+            raise PermissionDeniedError("listing tags is not allowed", status=403)
+        return bool(self.tags)
+
+
 def adapter(client: object) -> SimpleNamespace:
     unbounded = SimpleNamespace(min_path_components=None, max_path_components=None)
     return SimpleNamespace(client=client, info=unbounded)
@@ -58,3 +76,43 @@ async def test_a_manifest_regflow_refuses_fails_only_its_own_tag() -> None:
     assert [t.manifest for t in spec.tags] == [MANIFEST, None]  # the transfer GETs "old" and says why
     assert spec.new_on_target
     assert sorted(source.calls) == [("GET", "new"), ("GET", "old"), ("HEAD", "old")]
+
+
+async def plan_against(target: Target, tags: list[str]) -> dict[str, str]:
+    plan = await make_plan(adapter(Source()), adapter(target), POLICY,  # type: ignore[arg-type]
+                           [RepositoryTags(repository="app", tags=tags)])
+    [repository] = plan.repositories
+    assert repository.error == ""
+    return {t.tag: t.action for t in repository.tags}
+
+
+async def test_a_repository_new_on_the_target_costs_two_requests_there_not_one_per_tag() -> None:
+    target = Target(set())
+    actions = await plan_against(target, ["1", "2", "3", "latest"])
+    assert actions == dict.fromkeys(["1", "2", "3", "latest"], "copy")
+    assert target.calls == ["HEAD 1", "any tag?"]
+
+
+async def test_a_repository_on_the_target_gets_a_head_per_tag() -> None:
+    target = Target({"2", "3"})  # the first tag is missing, others are there
+    actions = await plan_against(target, ["1", "2", "3", "latest"])
+    assert actions == {"1": "copy", "2": "identical", "3": "identical", "latest": "copy"}
+    assert target.calls[:2] == ["HEAD 1", "any tag?"]
+    assert sorted(target.calls[2:]) == ["HEAD 2", "HEAD 3", "HEAD latest"]
+
+    resync = Target({"1", "2", "3", "latest"})
+    assert set((await plan_against(resync, ["1", "2", "3", "latest"])).values()) == {"identical"}
+    assert "any tag?" not in resync.calls and len(resync.calls) == 4
+
+
+async def test_a_target_that_will_not_list_tags_is_asked_tag_by_tag() -> None:
+    target = Target({"3"}, listing=False)
+    actions = await plan_against(target, ["1", "2", "3"])
+    assert actions == {"1": "copy", "2": "copy", "3": "identical"}
+    assert sorted(target.calls) == ["HEAD 1", "HEAD 2", "HEAD 3", "any tag?"]
+
+
+async def test_two_tags_are_not_worth_asking_for_any_tag() -> None:
+    target = Target(set())
+    await plan_against(target, ["1", "latest"])
+    assert sorted(target.calls) == ["HEAD 1", "HEAD latest"]
