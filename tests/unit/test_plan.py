@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 from adapters.distribution.client import ManifestHead
@@ -9,7 +10,7 @@ from adapters.errors import PermissionDeniedError, UnsupportedMediaTypeError
 from adapters.oci import Digest, parse_manifest
 from policies.models import Policy
 from tasks.discover import RepositoryTags
-from tasks.plan import make_plan
+from tasks.plan import PLAN_REPOSITORIES_AT_ONCE, make_plan, plan_each
 
 POLICY = Policy(name="p", src_registry="s", dest_registry="d")
 CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
@@ -116,3 +117,24 @@ async def test_two_tags_are_not_worth_asking_for_any_tag() -> None:
     target = Target(set())
     await plan_against(target, ["1", "latest"])
     assert sorted(target.calls) == ["HEAD 1", "HEAD latest"]
+
+
+async def test_repositories_are_planned_a_few_at_a_time_so_the_first_plan_comes_early() -> None:
+    touched: set[str] = set()
+
+    class Touched(Target):
+        async def head_manifest(self, repository: str, ref: str) -> ManifestHead | None:
+            touched.add(repository)
+            await asyncio.sleep(0)  # a round trip: the others get their turn
+            return None
+
+    found = [RepositoryTags(repository=f"app{i}", tags=["1", "2", "3"]) for i in range(80)]
+    seen_at_first: set[str] | None = None
+    async for _, repository in plan_each(adapter(Source()), adapter(Touched(set())),  # type: ignore[arg-type]
+                                         POLICY, found):
+        if seen_at_first is None:
+            seen_at_first = set(touched)
+            assert [t.action for t in repository.tags] == ["copy"] * 3
+    # (the consumer resumes a few loop turns after the first plan is done: a few more started)
+    assert seen_at_first is not None and len(seen_at_first) <= 2 * PLAN_REPOSITORIES_AT_ONCE
+    assert len(touched) == 80
