@@ -26,7 +26,7 @@ import httpcore
 import httpx
 
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
-from adapters.distribution.http1 import HAPPY_EYEBALLS_SECONDS, Http1Pool, Wire
+from adapters.distribution.http1 import Http1Pool, Wire
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     ConfigError,
@@ -597,13 +597,7 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        local = (local_address, 0) if local_address else None
-        with _connect_errors():
-            async with asyncio.timeout(timeout):
-                # The same Happy Eyeballs delay as anyio, which httpcore uses by default.
-                _, connection = await loop.create_connection(
-                    _Connection, host, port, local_addr=local, happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
+        connection = await _Connection.open(host, port, timeout, local_address)
         return connection.ready(socket_options)
 
     async def sleep(self, seconds: float) -> None:
@@ -614,6 +608,8 @@ class _Connection(Wire, httpcore.AsyncNetworkStream):
     """One connection as httpcore reads and writes it (TLS registries), on asyncio's transport
     as plain-http ones use it, with httpcore's errors as anyio's backend raises them."""
 
+    connect_error = httpcore.ConnectError
+    connect_timeout = httpcore.ConnectTimeout
     read_error = httpcore.ReadError
     read_timeout = httpcore.ReadTimeout
     write_error = httpcore.WriteError
@@ -636,7 +632,7 @@ class _Connection(Wire, httpcore.AsyncNetworkStream):
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
         assert self._transport is not None
         try:
-            with _connect_errors():
+            with self.connecting("no TLS handshake in time"):
                 async with asyncio.timeout(timeout):
                     transport = await self._loop.start_tls(self._transport, self, ssl_context,
                                                            server_hostname=server_hostname)
@@ -665,16 +661,6 @@ class _Connection(Wire, httpcore.AsyncNetworkStream):
         for option in socket_options or ():
             sock.setsockopt(*option)
         return self
-
-
-@contextmanager
-def _connect_errors() -> Iterator[None]:
-    try:
-        yield
-    except TimeoutError as exc:
-        raise httpcore.ConnectTimeout(str(exc)) from exc
-    except OSError as exc:  # ssl.SSLError included: a refused certificate names itself
-        raise httpcore.ConnectError(str(exc)) from exc
 
 
 # -- helpers ---------------------------------------------------------------------------------

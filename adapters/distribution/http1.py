@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Literal, Self
 
 import httpx
 
@@ -109,7 +110,7 @@ class Http1Pool:
             self._drop(wire)
         while self._open >= self._max and self._drop_oldest_idle():
             pass
-        wire = await _connect(origin, connect_timeout)
+        wire = await Wire.open(origin[0], origin[1], connect_timeout)
         self._open += 1
         return wire, False
 
@@ -136,19 +137,6 @@ class Http1Pool:
         _, idle = min(candidates, key=lambda c: c[0])
         self._drop(idle.popleft()[0])
         return True
-
-
-async def _connect(origin: Origin, seconds: float | None) -> Wire:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(seconds):
-            _, wire = await loop.create_connection(Wire, origin[0], origin[1],
-                                                   happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
-    except TimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or f"no connection to {origin[0]}:{origin[1]} in time") from exc
-    except OSError as exc:
-        raise httpx.ConnectError(str(exc)) from exc
-    return wire
 
 
 async def _send(wire: Wire, request: httpx.Request, write_timeout: float | None,
@@ -345,10 +333,35 @@ class Wire(asyncio.Protocol):
     pauses the socket after every read and resumes it before the next: two epoll calls.)
     Errors are the class's own: httpx's here, httpcore's for the TLS connections in client.py."""
 
+    connect_error: type[Exception] = httpx.ConnectError
+    connect_timeout: type[Exception] = httpx.ConnectTimeout
     read_error: type[Exception] = httpx.ReadError
     read_timeout: type[Exception] = httpx.ReadTimeout
     write_error: type[Exception] = httpx.WriteError
     write_timeout: type[Exception] = httpx.WriteTimeout
+
+    @classmethod
+    async def open(cls, host: str, port: int, seconds: float | None,
+                   local_address: str | None = None) -> Self:
+        """A connection to ``host``, its addresses raced as anyio races them (Happy Eyeballs)."""
+        loop = asyncio.get_running_loop()
+        with cls.connecting(f"no connection to {host}:{port} in time"):
+            async with asyncio.timeout(seconds):
+                _, wire = await loop.create_connection(
+                    cls, host, port, local_addr=(local_address, 0) if local_address else None,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_SECONDS)
+        return wire
+
+    @classmethod
+    @contextmanager
+    def connecting(cls, too_slow: str) -> Iterator[None]:
+        """A timeout or OS error while connecting (or starting TLS), as this class's errors."""
+        try:
+            yield
+        except TimeoutError as exc:
+            raise cls.connect_timeout(str(exc) or too_slow) from exc
+        except OSError as exc:  # ssl.SSLError included: a refused certificate names itself
+            raise cls.connect_error(str(exc)) from exc
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()

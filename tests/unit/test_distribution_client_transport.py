@@ -259,3 +259,25 @@ async def test_blob_chunks_gather_reads_up_to_the_chunk_size(pieces: int, piece_
     assert b"".join(chunks) == data
     assert all(len(c) >= chunk_size for c in chunks[:-1])
     assert all(len(c) < chunk_size + piece_size for c in chunks)
+
+
+async def test_connect_errors_are_each_transport_s_own() -> None:
+    """One way to connect for both kinds of connection, each raising its own library's errors:
+    httpx's for the plain-http pool, httpcore's for the connections httpcore drives (TLS)."""
+    import httpcore
+
+    from adapters.distribution.http1 import Wire
+
+    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()  # nothing listens there now: refused
+
+    with pytest.raises(httpx.ConnectError):
+        await Wire.open("127.0.0.1", port, 5)
+    with pytest.raises(httpcore.ConnectError):
+        await client_module._AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    with pytest.raises(httpx.ConnectTimeout, match=f"no connection to 127.0.0.1:{port} in time"):
+        await Wire.open("127.0.0.1", port, 0)
+    with pytest.raises(httpcore.ConnectTimeout):
+        await client_module._AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=0)
