@@ -145,7 +145,7 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         size = None
         if measure and action in ("copy", "overwrite"):
             async with slots:
-                size = await _manifest_bytes(source, src_repo, head_digest)
+                size = await _manifest_bytes(source, src_repo, head_digest, manifest)
         keep = manifest if manifest is not None and len(manifest.raw) <= KEEP_MANIFEST_BYTES else None
         return PlannedTag(tag=tag, digest=head_digest, action=action, bytes=size, manifest=keep,
                           target_digest=existing.digest if existing else None)
@@ -217,13 +217,17 @@ async def _source_manifest(source: Adapter, repository: str,
     return manifest.digest, manifest
 
 
-async def _manifest_bytes(source: Adapter, repository: str, digest: Digest) -> int:
-    """Bytes a copy would move at most: blobs of the manifest (and its children), counted once."""
+async def _manifest_bytes(source: Adapter, repository: str, digest: Digest,
+                          fetched: Manifest | None = None) -> int:
+    """Bytes a copy would move at most: blobs of the manifest (and its children), counted once.
+    ``fetched`` is the top manifest when the plan has read it already."""
     seen: set[str] = set()
     total = 0
     pending = [digest]
     while pending:
-        manifest = await source.client.get_manifest(repository, pending.pop())
+        ref = pending.pop()
+        manifest = (fetched if fetched is not None and fetched.digest == ref
+                    else await source.client.get_manifest(repository, ref))
         total += manifest.size
         pending.extend(c.digest for c in manifest.children)
         for blob in manifest.blobs:

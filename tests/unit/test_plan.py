@@ -138,3 +138,12 @@ async def test_repositories_are_planned_a_few_at_a_time_so_the_first_plan_comes_
     # (the consumer resumes a few loop turns after the first plan is done: a few more started)
     assert seen_at_first is not None and len(seen_at_first) <= 2 * PLAN_REPOSITORIES_AT_ONCE
     assert len(touched) == 80
+
+
+async def test_a_dry_run_measures_a_missing_tag_from_the_manifest_the_plan_read() -> None:
+    source = Source()
+    plan = await make_plan(adapter(source), adapter(EmptyTarget()), POLICY,  # type: ignore[arg-type]
+                           [RepositoryTags(repository="app", tags=["new"])], measure=True)
+    [repository] = plan.repositories
+    assert repository.tags[0].bytes == MANIFEST.size + CONFIG["size"]
+    assert source.calls == [("GET", "new")]  # not again by digest to count its blobs
