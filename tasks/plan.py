@@ -186,21 +186,20 @@ async def _on_target(target: Adapter, slots: asyncio.Semaphore, repository: str,
         async with slots:
             return await target.client.head_manifest(repository, tag)
 
+    async def any_tag() -> bool:
+        async with slots:
+            try:
+                return await target.client.has_tags(repository)
+            except ReplicationError:
+                return True  # a registry that will not list tags (or not now): ask tag by tag
+
     if len(tags) <= ASK_FOR_ANY_TAG_ABOVE:
         return dict(zip(tags, await asyncio.gather(*map(head, tags)), strict=True))
     first = await head(tags[0])
-    if first is None and not await _has_any_tag(target, slots, repository):
+    if first is None and not await any_tag():
         return dict.fromkeys(tags)
     rest = await asyncio.gather(*map(head, tags[1:]))
     return {tags[0]: first, **dict(zip(tags[1:], rest, strict=True))}
-
-
-async def _has_any_tag(target: Adapter, slots: asyncio.Semaphore, repository: str) -> bool:
-    async with slots:
-        try:
-            return await target.client.has_tags(repository)
-        except ReplicationError:
-            return True  # a registry that will not list tags (or not now): ask tag by tag
 
 
 async def _source_manifest(source: Adapter, repository: str,
