@@ -389,10 +389,8 @@ class Config(_Model):
             if policy.name in policy_names:
                 problems.append(f"{where}.name: duplicate policy name {policy.name!r}")
             policy_names.add(policy.name)
-            for side in ("src_registry", "dest_registry"):
-                ref = getattr(policy, side)
-                if ref is not None and ref not in seen:
-                    problems.append(f"{where}.{side}: {ref!r} is not a registry in this file")
+            # Whether src_registry/dest_registry exist is the store's question: a policy-only
+            # file may use registries applied earlier (Store.apply checks file and store).
         if problems:
             raise ValueError("; ".join(problems))
         return self

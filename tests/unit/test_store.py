@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
 from policies.config_file import load_config_file
-from policies.models import Config, Policy, parse_config
+from policies.models import Config, parse_config
 from policies.store import ApplyReport, ResolvedWebhook, Store
 
 SECRET = "s3cret-literal-Pa55word"
@@ -244,8 +244,8 @@ def bad_unknown_field() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("bad", "field", "message"),
     [
-        # Config's cross-reference check names the field in its message only.
-        (bad_unknown_registry, None, r"policies\[1\] \('mirror-team-b'\)\.dest_registry: 'nowhere' is not"),
+        (bad_unknown_registry, "policies[1].dest_registry",
+         "'nowhere' is not a registry in this file or in the store"),
         (bad_unknown_type, "registries[1].type", "registry type 'quay-enterprise' is not supported"),
         (bad_planned_type, "registries[1].type", "'dtr' is a Harbor type regflow does not support yet"),
         (bad_label_filter_on_plain_registry, "policies[1].filters[1].type",
@@ -302,14 +302,14 @@ def test_an_unsafe_key_file_aborts_before_writing(store: Store, db_file: Path, h
 
 def test_policy_may_use_a_registry_already_in_the_store(store: Store, db_file: Path) -> None:
     store.apply(config())
-    # parse_config insists on registries in the same file; the store itself accepts stored ones.
-    extra = Policy(name="mirror-team-c", src_registry="src", dest_registry="dst", dest_namespace="c")
-    report = store.apply(Config.model_construct(version=1, registries=[], policies=[extra]))
+    # A policy-only file, parsed as `regflow apply` parses it.
+    extra = {"name": "mirror-team-c", "src_registry": "src", "dest_registry": "dst", "dest_namespace": "c"}
+    report = store.apply(parse_config({"version": 1, "policies": [extra]}))
     assert report.created == ["policy mirror-team-c"]
     before = rows(db_file)
-    orphan = Policy(name="orphan", src_registry="src", dest_registry="missing")
+    orphan = {"name": "orphan", "src_registry": "src", "dest_registry": "missing"}
     with pytest.raises(ConfigError, match="'missing' is not a registry in this file or in the store") as info:
-        store.apply(Config.model_construct(version=1, registries=[], policies=[orphan]))
+        store.apply(parse_config({"version": 1, "policies": [orphan]}))
     assert info.value.field == "policies[0].dest_registry"
     assert rows(db_file) == before
 
