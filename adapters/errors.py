@@ -8,16 +8,18 @@
     │   ├── ManifestTooLargeError         a manifest over MAX_MANIFEST_BYTES
     │   └── UnsupportedMediaTypeError     a manifest kind we do not copy (e.g. schema1)
     ├── TransportError                    connection refused/reset, read timeout (transient)
-    ├── UploadSessionLost                 the registry dropped an interrupted upload (transient)
     ├── CancelledReplication              the execution was stopped by the user
     └── RegistryError                     an HTTP answer we cannot go on from
         ├── AuthenticationError           401: credentials missing or refused
         ├── PermissionDeniedError         403
         ├── NotFoundError                 404
-        ├── RateLimitedError              429, with ``retry_after`` seconds
-        └── ServerError                   5xx (transient)
+        ├── RateLimitedError              429, with ``retry_after`` seconds (transient)
+        └── ServerError                   5xx (transient, except 501 and 505)
 
-Prefect task retries look only at ``transient``; nothing else decides whether to try again.
+``is_transient`` reads ``transient`` and is the only rule any retry asks (the blob loop in
+tasks/blobs.py, the task retries in flows/replicate.py). ``error_for_status`` sets the flag for
+every answer: by status (408, 429, 5xx), and by distribution's error code where a registry's
+code says a new attempt may succeed whatever the status (TRANSIENT_CODES).
 Messages never carry credentials: registries' error bodies are capped and sanitised by the
 client before they get here.
 """
@@ -73,15 +75,6 @@ class UnsupportedMediaTypeError(ContentError):
 
 class TransportError(ReplicationError):
     """The connection failed before an HTTP answer (refused, reset, timed out)."""
-
-    transient = True
-
-
-class UploadSessionLost(ReplicationError):
-    """The registry no longer knows an interrupted upload session: the blob starts over in a
-    new one. distribution 2.8 answers 404 BLOB_UPLOAD_INVALID and cancels the session whenever
-    the bytes it holds differ from the offset signed into the upload URL, which is the case
-    after any PATCH broken mid-body; distribution 3 reports its Range instead (exact resume)."""
 
     transient = True
 
@@ -150,6 +143,21 @@ class ServerError(RegistryError):
     transient = True
 
 
+# distribution's error codes (``errors[].code``) that say a new attempt may succeed, whatever the
+# HTTP status: the upload session is gone or out of step (a new attempt opens a new one or asks
+# the registry's Range first), the registry is busy or briefly unavailable.
+TRANSIENT_CODES: frozenset[str] = frozenset({
+    "BLOB_UPLOAD_UNKNOWN",   # 404: session purged or lost in a restart
+    "BLOB_UPLOAD_INVALID",   # 404 on 2.8: a PATCH broken mid-body voided the session
+    "RANGE_INVALID",         # 416: our offset and the registry's differ; the next attempt asks
+    "TOOMANYREQUESTS",       # 429 normally; some proxies in front answer 503 or 403 with it
+    "UNAVAILABLE",           # 503
+})
+# Statuses whose answer may differ on a new attempt. 501 and 505 are 5xx, but they say what the
+# server can never do.
+TRANSIENT_STATUSES: frozenset[int] = frozenset({408, 425, 429, *range(500, 600)}) - {501, 505}
+
+
 def error_for_status(
     message: str,
     *,
@@ -162,15 +170,15 @@ def error_for_status(
     transient: bool = False,
 ) -> RegistryError:
     """The one mapping from an HTTP error status onto this tree, for registries and vendor APIs
-    alike. ``transient`` marks an otherwise final answer as worth another try (408 always is)."""
-    if status == 429:
+    alike. The error is transient when its status or one of its codes says so, or when the
+    caller (who may know more about the request) passes ``transient=True``."""
+    transient = transient or status in TRANSIENT_STATUSES or not TRANSIENT_CODES.isdisjoint(codes)
+    if status == 429 or "TOOMANYREQUESTS" in codes:
         return RateLimitedError(message, status=status, method=method, url=url, codes=codes,
                                 detail=detail, retry_after=retry_after)
-    final: type[RegistryError] | None = _BY_STATUS.get(status) or (ServerError if status >= 500 else None)
-    if final is None:
-        return RegistryError(message, status=status, method=method, url=url, codes=codes, detail=detail,
-                             transient=transient or status == 408)
-    return final(message, status=status, method=method, url=url, codes=codes, detail=detail)
+    kind = _BY_STATUS.get(status) or (ServerError if status >= 500 else RegistryError)
+    return kind(message, status=status, method=method, url=url, codes=codes, detail=detail,
+                transient=transient)
 
 
 _BY_STATUS: dict[int, type[RegistryError]] = {
@@ -181,5 +189,6 @@ _BY_STATUS: dict[int, type[RegistryError]] = {
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a retry may succeed: the single rule every retry layer asks."""
+    """Whether a new attempt may succeed: the single rule every retry layer asks. Anything
+    outside the tree (a bug, a cancelled coroutine) is never retried."""
     return isinstance(exc, ReplicationError) and exc.transient

@@ -1,4 +1,5 @@
-"""The store of registries and policies, as applied from config files: SQLite or PostgreSQL.
+"""The store of registries and policies, as applied from config files, and of the upload
+sessions runs left open: SQLite or PostgreSQL.
 
 Each row keeps a model's JSON with the registry's secrets (its credential's ``access_secret`` and its
 webhook's ``secret``) in their sealed form (see policies.secrets), so nothing read from here ever
@@ -12,15 +13,16 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, Self, TypeVar
 
 import sqlmodel
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from sqlalchemy import DateTime, Engine, Text, create_engine
+from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import registry as mapper_registry
 from sqlmodel import Session, SQLModel, select
 
@@ -36,6 +38,10 @@ from policies.namespace import check_path_rule, replace_namespace
 PEM_MARK: Final = "-----BEGIN"
 # Where a registry's spec holds a secret: (section, field); each is sealed, compared and masked alike.
 SECRET_FIELDS: Final = (("credential", "access_secret"), ("webhook", "secret"))
+# An upload session not advanced for this long is taken as gone and its row deleted: registries
+# purge abandoned uploads on their own schedule (distribution: 7 days by default, others sooner),
+# and asking about a purged one costs only a status request, so a day keeps the useful ones.
+UPLOAD_SESSION_MAX_AGE: Final = timedelta(days=1)
 
 
 class _Table(SQLModel, registry=mapper_registry()):
@@ -58,6 +64,28 @@ class PolicyRow(_Row, table=True):
 
 
 RowT = TypeVar("RowT", RegistryRow, PolicyRow)
+
+
+class UploadSessionRow(_Table, table=True):
+    """A chunked upload left open on a target registry: one row per (target, repository, blob),
+    written by the attempt that advanced it, read by whichever attempt, run or machine goes on."""
+
+    __tablename__ = "upload_sessions"
+    target: str = sqlmodel.Field(primary_key=True)  # the target registry's URL as configured
+    repository: str = sqlmodel.Field(primary_key=True)
+    digest: str = sqlmodel.Field(primary_key=True)
+    location: str = sqlmodel.Field(sa_type=Text)
+    offset: int = sqlmodel.Field(sa_type=BigInteger)
+    updated_at: datetime = sqlmodel.Field(sa_type=DateTime(timezone=True))
+
+
+class UploadSession(BaseModel):
+    """Where an open upload stands: its next location and the bytes the registry acknowledged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    location: str
+    offset: int
 
 
 class ApplyReport(BaseModel):
@@ -207,6 +235,43 @@ class Store:
                 )
             session.delete(row)
 
+    # ------------------------------------------------------------------------ upload sessions
+    # One row each, written on its own (an upsert, not a read-modify-write of anything shared), so
+    # runs to one registry from any number of processes or machines never drop each other's.
+    def upload_session(self, target: str, repository: str, digest: str) -> UploadSession | None:
+        """The open session for this blob, unless it is older than UPLOAD_SESSION_MAX_AGE."""
+        with self._transaction() as session:
+            row = session.get(UploadSessionRow, (target, repository, digest))
+            if row is None or _aware(row.updated_at) < datetime.now(UTC) - UPLOAD_SESSION_MAX_AGE:
+                return None
+            return UploadSession(location=row.location, offset=row.offset)
+
+    def save_upload_session(self, target: str, repository: str, digest: str, saved: UploadSession) -> None:
+        values = {"target": target, "repository": repository, "digest": digest,
+                  "location": saved.location, "offset": saved.offset, "updated_at": datetime.now(UTC)}
+        dialect = postgresql if self.url.get_backend_name() == "postgresql" else sqlite
+        upsert = dialect.insert(UploadSessionRow).values(**values)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["target", "repository", "digest"],
+            set_={k: upsert.excluded[k] for k in ("location", "offset", "updated_at")})
+        with self._transaction() as session:
+            session.execute(upsert)
+
+    def drop_upload_session(self, target: str, repository: str, digest: str) -> None:
+        with self._transaction() as session:
+            session.execute(delete(UploadSessionRow).where(
+                UploadSessionRow.target == target,  # type: ignore[arg-type]
+                UploadSessionRow.repository == repository,  # type: ignore[arg-type]
+                UploadSessionRow.digest == digest))  # type: ignore[arg-type]
+
+    def expire_upload_sessions(self) -> int:
+        """Delete every session row older than UPLOAD_SESSION_MAX_AGE; returns how many."""
+        cutoff = datetime.now(UTC) - UPLOAD_SESSION_MAX_AGE
+        with self._transaction() as session:
+            result = session.execute(delete(UploadSessionRow).where(
+                UploadSessionRow.updated_at < cutoff))  # type: ignore[arg-type]
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------------------ plumbing
     def _safe_url(self) -> str:
         return self.url.render_as_string(hide_password=True)
@@ -223,12 +288,26 @@ class Store:
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (None, "", ":memory:"):
             _create_private_file(Path(str(self.url.database)))
         try:
-            _Table.metadata.create_all(self._engine)
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            raise ConfigError(f"cannot open the database {self._safe_url()}: {reason}",
-                              field=DATABASE_URL_ENV) from None
+            self._create_tables()
+        except DBAPIError:
+            # Another process created them first (two runs starting on a new store, or on one made
+            # before a table was added): creation is one transaction, so now they are all there.
+            try:
+                self._create_tables()
+            except DBAPIError as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+                raise ConfigError(f"cannot open the database {self._safe_url()}: {reason}",
+                                  field=DATABASE_URL_ENV) from None
         self._ready = True
+
+    def _create_tables(self) -> None:
+        """The missing tables, all or none: one transaction, which SQLite must be told to take
+        before its first check (its driver would otherwise run each CREATE on its own)."""
+        with self._engine.connect() as connection:
+            if self.url.get_backend_name() == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            _Table.metadata.create_all(connection)
+            connection.commit()
 
 
 def public_view(item: Registry | Policy) -> dict[str, Any]:
@@ -253,6 +332,11 @@ def _driver_url(text: str) -> URL:
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return url
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _create_private_file(path: Path) -> None:

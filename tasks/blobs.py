@@ -1,6 +1,7 @@
 """Getting one blob onto the target, by the cheapest route that works:
 
     already linked in this run → nothing
+    a chunked upload an earlier attempt left open → continue it from the registry's Range
     known on the target in another repository (this run) → cross-repo mount (1 request)
     same registry on both sides → mount from the source repository
     otherwise a mount "from" the target repository itself: 201 = already there, 202 = the
@@ -10,6 +11,10 @@
 One ``BlobCopier`` serves a whole run: each digest is uploaded once however many repositories
 and tags share it, and a failed upload is forgotten so a later attempt can try again.
 Memory stays flat: either kind of upload holds one read chunk (STREAM_CHUNK_BYTES) at a time.
+
+This is the blob level of the retry table (docs/decisions.md): a blob, or a manifest PUT, is
+tried up to BLOB_ATTEMPTS times while ``is_transient`` says so, in ``_attempts`` and nowhere
+else. Continuing a broken chunked upload is simply what the next attempt does first.
 """
 
 from __future__ import annotations
@@ -19,20 +24,21 @@ import contextlib
 import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from adapters.distribution.client import DistributionClient, UploadStatus
 from adapters.errors import (
     ContentError,
     DigestMismatchError,
-    NotFoundError,
     RateLimitedError,
+    RegistryError,
     ReplicationError,
-    UploadSessionLost,
+    is_transient,
 )
 from adapters.oci import Descriptor, Digest, DigestVerifier, Manifest
 from tasks.bandwidth import Bandwidth
-from tasks.sessions import UploadSessions
+from tasks.sessions import UploadSession, UploadSessions
 from tasks.stop import StopSignal
 
 # Blobs moved at once per run. On the reference 2-core machine the registries, not the copier,
@@ -47,10 +53,15 @@ CHUNKED_UPLOAD_THRESHOLD_BYTES = 128 * 1024 * 1024
 # One PATCH carries this much (streamed, never buffered): a broken PATCH costs at most this
 # much re-reading from the source.
 UPLOAD_CHUNK_BYTES = 64 * 1024 * 1024
-# Attempts per blob inside one task attempt, for transient failures (resets, 5xx, 429).
+# Attempts per blob (and per manifest PUT) within one task attempt: enough to ride out a reset,
+# a registry restart or a 429, few enough that a registry which keeps failing hands the blob to
+# the task level soon.
 BLOB_ATTEMPTS = 3
+# The pause before attempt n+1 is BACKOFF_BASE_SECONDS * 2**(n-1), plus up to half again at random
+# so that the blobs which failed together do not come back together.
 BACKOFF_BASE_SECONDS = 0.5
-# A Retry-After longer than this fails the blob; the task-level retry takes over.
+# A 429's Retry-After is waited out up to this long before the next attempt; the client holds
+# every request to that registry for the same time anyway (adapters/distribution/client.py).
 MAX_RETRY_AFTER_SECONDS = 120.0
 
 T = TypeVar("T")
@@ -79,8 +90,11 @@ class BlobCopier:
         self._linked: set[tuple[str, str]] = set()
         self._home: dict[str, str] = {}  # digest -> a target repository that holds it
         self._uploads: dict[str, asyncio.Future[None]] = {}
-        # Chunked sessions a failed attempt left open, for the next attempt to resume.
-        self._sessions = sessions or UploadSessions()
+        # Chunked sessions a failed attempt left open, for the next attempt to continue.
+        self._sessions = sessions or UploadSessions(target.endpoint.url)
+        # The hash of each open session's acknowledged bytes, so that continuing it in this process
+        # re-reads only what the registry kept since (another process re-reads from byte 0).
+        self._hashed: dict[tuple[str, str], tuple[int, hashlib._Hash]] = {}
         self.bytes_uploaded = 0
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
@@ -107,7 +121,12 @@ class BlobCopier:
         try:
             async with self._slots:
                 self.stop.check()
-                sent = await self._place(source_repo, target_repo, blob, chunked=chunked)
+                chunked = chunked or blob.size > self.chunked_threshold
+                sent = _Sent()  # over all attempts: a continued upload counts what went before
+                await self._attempts(lambda: self._place(source_repo, target_repo, blob, sent,
+                                                         chunked=chunked))
+                self._link(target_repo, digest)
+                self.bytes_uploaded += sent.bytes
         except BaseException as exc:
             done.set_exception(exc if isinstance(exc, ReplicationError) else ReplicationError(str(exc)))
             done.exception()  # mark retrieved: nobody may be waiting
@@ -116,11 +135,68 @@ class BlobCopier:
             done.set_result(None)
         finally:
             del self._uploads[digest]
-        return sent
+        return sent.bytes
 
-    async def _place(self, source_repo: str, target_repo: str, blob: Descriptor, *, chunked: bool) -> int:
-        digest = blob.digest
-        location: str | None = None
+    async def put_manifest(self, target_repo: str, ref: str, manifest: Manifest) -> Digest:
+        """Push a manifest, tried like a blob: the same bytes under the same reference, so a
+        second PUT after a 429, a 5xx or a reset does no harm."""
+        self.stop.check()
+        return await self._attempts(lambda: self.target.put_manifest(target_repo, ref, manifest))
+
+    async def _attempts(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """The blob level of the retry table: ``attempt`` up to BLOB_ATTEMPTS times while its
+        failure is transient, pausing with backoff (and a 429's Retry-After) in between."""
+        for n in range(1, BLOB_ATTEMPTS + 1):
+            try:
+                return await attempt()
+            except ReplicationError as exc:
+                if n == BLOB_ATTEMPTS or not is_transient(exc):
+                    raise
+                await self._pause(exc, n)
+        raise AssertionError("unreachable")
+
+    async def _pause(self, exc: ReplicationError, attempt: int) -> None:
+        delay = BACKOFF_BASE_SECONDS * 2 ** (attempt - 1) * (1 + random.random() / 2)
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER_SECONDS))
+        self.stop.check()
+        await asyncio.sleep(delay)
+        self.stop.check()
+
+    async def _place(self, source_repo: str, target_repo: str, blob: Descriptor, sent: _Sent, *,
+                     chunked: bool) -> None:
+        """One attempt at the blob: go on with the session an earlier attempt left open, else
+        find the blob there or open a session, then upload."""
+        if chunked and (status := await self._left_open(target_repo, blob.digest)) is not None:
+            await self._upload_chunked(source_repo, target_repo, blob, status, sent)
+            return
+        location = await self._open(source_repo, target_repo, blob.digest)
+        if location is None:
+            return  # already there
+        if chunked:
+            await self._upload_chunked(source_repo, target_repo, blob, UploadStatus(location, 0), sent)
+        else:
+            await self._upload_monolithic(source_repo, target_repo, blob, location)
+            sent.bytes += blob.size
+
+    async def _left_open(self, target_repo: str, digest: Digest) -> UploadStatus | None:
+        """Where a session an earlier attempt (of any run) left open stands, if it still exists."""
+        saved = await self._sessions.get(target_repo, digest)
+        if saved is None:
+            return None
+        try:
+            return await self.target.upload_status(target_repo, saved.location)
+        except RegistryError as exc:
+            if exc.status in (408, 429) or not 400 <= exc.status < 500:
+                raise  # no answer about the session yet: the next attempt asks again
+            # Purged, voided by a PATCH broken mid-body (distribution 2.8 answers 404), or refused
+            # in another way: the registry will not go on with it, so the blob starts afresh.
+            await self._forget(target_repo, digest)
+            return None
+
+    async def _open(self, source_repo: str, target_repo: str, digest: Digest) -> str | None:
+        """A new upload session's location, or None when ``target_repo`` holds the blob already
+        (or has just mounted it)."""
         mount_from = self._home.get(digest)
         if mount_from is None and self.source.host == self.target.host and source_repo != target_repo:
             mount_from = source_repo  # same registry: a server-side link, no bytes moved
@@ -128,164 +204,81 @@ class BlobCopier:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
             mount_from = target_repo
-        # An earlier attempt left a chunked session open: go straight on with it.
-        resuming = self._sessions.get(target_repo, digest) is not None
-        # The first request (mount or HEAD) is retried like the upload: it is where a busy
-        # registry's 429 or 503 lands first.
-        if not resuming and mount_from is not None:
-            source_of_mount = mount_from
-            location = await self._retrying(lambda: self.target.start_upload(
-                target_repo, mount=digest, mount_from=source_of_mount))
-            if location is None:
-                self._link(target_repo, digest)
-                return 0
-        elif not resuming and await self._retrying(
-                lambda: self.target.blob_exists(target_repo, digest)) is not None:
-            self._link(target_repo, digest)
-            return 0
-
-        sent = await self._upload_with_retries(source_repo, target_repo, blob, location,
-                                               chunked=chunked or blob.size > self.chunked_threshold)
-        self._link(target_repo, digest)
-        if resuming:
-            self._sessions.drop(target_repo, digest)  # done, whichever way it went up
-        self.bytes_uploaded += sent
-        return sent
-
-    async def put_manifest(self, target_repo: str, ref: str, manifest: Manifest) -> Digest:
-        """Push a manifest, retried like a blob's requests: the same bytes under the same
-        reference, so a second PUT after a 429, a 5xx or a reset does no harm."""
-        self.stop.check()
-        return await self._retrying(lambda: self.target.put_manifest(target_repo, ref, manifest))
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """One idempotent request, tried up to BLOB_ATTEMPTS times while its failures are
-        transient, honouring Retry-After."""
-        for attempt in range(1, BLOB_ATTEMPTS + 1):
-            try:
-                return await call()
-            except ReplicationError as exc:
-                if not exc.transient or attempt == BLOB_ATTEMPTS:
-                    raise
-                await self._pause(exc, attempt)
-        raise AssertionError("unreachable")
+        if mount_from is not None:
+            return await self.target.start_upload(target_repo, mount=digest, mount_from=mount_from)
+        if await self.target.blob_exists(target_repo, digest) is not None:
+            return None
+        location = await self.target.start_upload(target_repo)
+        assert location is not None  # start_upload without mount always opens a session
+        return location
 
     def _link(self, target_repo: str, digest: Digest) -> None:
         self._linked.add((target_repo, digest))
         self._home.setdefault(digest, target_repo)
 
-    async def _upload_with_retries(self, source_repo: str, target_repo: str, blob: Descriptor,
-                                   location: str | None, *, chunked: bool) -> int:
-        left = self._sessions.get(target_repo, blob.digest) if chunked else None
-        resume = False
-        if left is not None:
-            # A retry or a later run: continue the session the failed attempt left behind; if the
-            # registry has dropped it meanwhile, UploadSessionLost below starts afresh.
-            location, resume = left, True
-        for attempt in range(1, BLOB_ATTEMPTS + 1):
-            try:
-                if location is None:
-                    location = await self.target.start_upload(target_repo)
-                assert location is not None  # start_upload without mount always opens a session
-                if chunked:
-                    return await self._upload_chunked(source_repo, target_repo, blob, location,
-                                                      resume=resume)
-                return await self._upload_monolithic(source_repo, target_repo, blob, location)
-            except ReplicationError as exc:
-                lost = isinstance(exc, UploadSessionLost)
-                if lost or not exc.transient:
-                    self._sessions.drop(target_repo, blob.digest)  # nothing worth resuming
-                if not exc.transient or attempt == BLOB_ATTEMPTS:
-                    raise
-                if not lost:  # a lost session was found after a pause already
-                    await self._pause(exc, attempt)
-                # A broken monolithic PUT leaves nothing to resume; a chunked session may.
-                resume = chunked and not lost
-                location = (self._sessions.get(target_repo, blob.digest) or location) if resume else None
-        raise AssertionError("unreachable")
-
-    async def _status(self, target_repo: str, location: str) -> UploadStatus:
-        """Where an interrupted session stands, or UploadSessionLost when it is gone."""
-        try:
-            return await self.target.upload_status(target_repo, location)
-        except NotFoundError as exc:
-            raise UploadSessionLost(f"upload session lost: {exc}") from exc
-
-    async def _pause(self, exc: ReplicationError, attempt: int) -> None:
-        delay = BACKOFF_BASE_SECONDS * 2 ** (attempt - 1) * (1 + random.random() / 2)
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            if exc.retry_after > MAX_RETRY_AFTER_SECONDS:
-                raise exc
-            delay = max(delay, exc.retry_after)
-        self.stop.check()
-        await asyncio.sleep(delay)
-        self.stop.check()
+    async def _forget(self, target_repo: str, digest: Digest) -> None:
+        self._hashed.pop((target_repo, digest), None)
+        await self._sessions.drop(target_repo, digest)
 
     async def _upload_monolithic(self, source_repo: str, target_repo: str, blob: Descriptor,
-                                 location: str) -> int:
+                                 location: str) -> None:
         async with self.source.open_blob(source_repo, blob.digest) as stream:
             body = _verified(stream.chunks(), DigestVerifier(blob.digest), self.stop, self.bandwidth,
                              blob.size)
             await self.target.put_blob(target_repo, location, blob.digest, blob.size, body)
-        return blob.size
 
     async def _upload_chunked(self, source_repo: str, target_repo: str, blob: Descriptor,
-                              location: str, *, resume: bool) -> int:
-        """PATCH by PATCH, each body streamed from the source. When a PATCH breaks, the
-        registry's Range says how much it kept; the hash is rewound to the checkpoint taken at
-        that PATCH's start and brought forward over exactly the kept bytes."""
-        hasher = hashlib.new(blob.digest.algorithm)
-        offset = 0
-        if resume:
-            status = await self._status(target_repo, location)
-            location = status.location
-            offset = await self._hash_range(source_repo, blob.digest, 0, status.offset, hasher)
-        sent = 0
-        attempt = 1
-        while offset < blob.size:
-            checkpoint, patch_start = hasher.copy(), offset
-            try:
-                async with self.source.open_blob(source_repo, blob.digest, offset) as stream:
-                    reader = _Reader(stream.chunks(), self.stop, self.bandwidth)
-                    while offset < blob.size:
-                        checkpoint, patch_start = hasher.copy(), offset
-                        length = min(UPLOAD_CHUNK_BYTES, blob.size - offset)
-                        location = await self.target.patch_chunk(
-                            target_repo, location, offset, length, reader.take(length, hasher))
-                        # Each PATCH answers with the session's next location (distribution signs
-                        # the offset into it): the one a later attempt must resume with.
-                        self._sessions.put(target_repo, blob.digest, location)
-                        offset += length
-                        sent += length
-            except ReplicationError as exc:
-                if not exc.transient or attempt >= BLOB_ATTEMPTS:
-                    raise
-                await self._pause(exc, attempt)
-                attempt += 1
-                status = await self._status(target_repo, location)
-                if status.offset < patch_start:
-                    raise  # the registry lost bytes it had acknowledged: start over
-                location, hasher = status.location, checkpoint
-                offset = await self._hash_range(source_repo, blob.digest, patch_start, status.offset,
-                                                hasher)
+                              at: UploadStatus, sent: _Sent) -> None:
+        """PATCH by PATCH from the registry's offset, each body streamed from the source. After
+        each acknowledged PATCH the session is saved, so that whichever attempt comes next goes
+        on from there; the bytes a broken PATCH carried are not counted until the registry says
+        it kept them."""
+        key = (target_repo, str(blob.digest))
+        location, offset = at.location, at.offset
+        hasher = await self._hash_to(source_repo, target_repo, blob.digest, offset)
+        if offset < blob.size:
+            async with self.source.open_blob(source_repo, blob.digest, offset) as stream:
+                reader = _Reader(stream.chunks(), self.stop, self.bandwidth)
+                while offset < blob.size:
+                    length = min(UPLOAD_CHUNK_BYTES, blob.size - offset)
+                    # Each PATCH answers with the session's next location (distribution signs the
+                    # offset into it): the one the next attempt must continue with.
+                    location = await self.target.patch_chunk(
+                        target_repo, location, offset, length, reader.take(length, hasher))
+                    offset += length
+                    sent.bytes += length
+                    self._hashed[key] = (offset, hasher.copy())
+                    await self._sessions.put(target_repo, blob.digest,
+                                             UploadSession(location=location, offset=offset))
         actual = Digest(f"{blob.digest.algorithm}:{hasher.hexdigest()}")
         if actual != blob.digest:
             await self.target.cancel_upload(target_repo, location)
+            await self._forget(target_repo, blob.digest)
             raise DigestMismatchError(blob.digest, actual)
         await self.target.complete_upload(target_repo, location, blob.digest)
-        self._sessions.drop(target_repo, blob.digest)
-        return sent
+        await self._forget(target_repo, blob.digest)
 
-    async def _hash_range(self, source_repo: str, digest: Digest, start: int, end: int,
-                          hasher: hashlib._Hash) -> int:
-        """Feed source bytes [start, end) to the hash without sending them; returns ``end``."""
-        if end <= start:
-            return start
-        async with self.source.open_blob(source_repo, digest, start) as stream:
-            reader = _Reader(stream.chunks(), self.stop, Bandwidth(-1))  # nothing is sent here
-            async for _ in reader.take(end - start, hasher):
-                pass
-        return end
+    async def _hash_to(self, source_repo: str, target_repo: str, digest: Digest,
+                       offset: int) -> hashlib._Hash:
+        """The hash of the source's first ``offset`` bytes, from this process's checkpoint of the
+        session when it has one at or before ``offset``, else read from byte 0."""
+        start, hasher = 0, hashlib.new(digest.algorithm)
+        checkpoint = self._hashed.get((target_repo, str(digest)))
+        if checkpoint is not None and checkpoint[0] <= offset:
+            start, hasher = checkpoint[0], checkpoint[1].copy()
+        if offset > start:
+            async with self.source.open_blob(source_repo, digest, start) as stream:
+                reader = _Reader(stream.chunks(), self.stop, Bandwidth(-1))  # nothing is sent here
+                async for _ in reader.take(offset - start, hasher):
+                    pass
+        return hasher
+
+
+@dataclass
+class _Sent:
+    """Bytes of one blob the target acknowledged, over all its attempts."""
+
+    bytes: int = 0
 
 
 class _Reader:

@@ -1,75 +1,67 @@
-"""Chunked upload sessions left open by an interrupted attempt, so that the next attempt — a
-task retry in the same run, or the next run after the process died — continues the upload
-from the registry's Range instead of from byte zero.
+"""Chunked upload sessions left open by an interrupted attempt, so that the next attempt — the
+blob loop's next try, a task retry, or the next run after the process died, on this machine or
+another one sharing the store — continues the upload from the registry's Range instead of from
+byte zero.
 
-Kept in memory, and in a small JSON file under REGFLOW_HOME when one is given. A location is
-not a credential (registries sign their own upload state into it), but it is only useful to
-this machine's next run, so it stays local.
+With a store, each session is a row of the store's ``upload_sessions`` table (policies.store),
+written on its own after every acknowledged PATCH; without one (tests, a copier used on its own)
+they stay in memory. A location is not a credential (registries sign their own upload state
+into it), so it is stored as it is. The store only saves work: when it cannot be read or
+written, the upload goes on and the sessions stay in memory for this run.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
 
-# Registries purge abandoned uploads (distribution: after 7 days by default); a session older
-# than a day is more likely gone than not, and restarting costs one failed status request.
-MAX_SESSION_AGE_SECONDS = 24 * 3600
+from sqlalchemy.exc import SQLAlchemyError
+
+from policies.store import Store, UploadSession
+
+__all__ = ["UploadSession", "UploadSessions"]
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class UploadSessions:
-    def __init__(self, path: Path | None = None, scope: str = "") -> None:
-        self.path = path
-        self.scope = scope  # the target registry's host: one file serves every target
-        self._memory: dict[str, str] = {}
-        self._loaded = False
+    """The open sessions on one target registry (``target``: its URL), by repository and digest."""
 
-    def get(self, repository: str, digest: str) -> str | None:
-        self._load()
-        return self._memory.get(f"{repository}@{digest}")
+    def __init__(self, target: str, store: Store | None = None) -> None:
+        self.target = target
+        self._store = store
+        self._memory: dict[tuple[str, str], UploadSession] = {}
+        self._expired = False
 
-    def put(self, repository: str, digest: str, location: str) -> None:
-        self._load()
-        self._memory[f"{repository}@{digest}"] = location
-        self._save()
+    async def get(self, repository: str, digest: str) -> UploadSession | None:
+        if self._store is not None and not self._expired:
+            self._expired = True  # once per run is enough to keep the table small
+            await self._in_store(self._store.expire_upload_sessions)
+        if self._store is None:
+            return self._memory.get((repository, digest))
+        return await self._in_store(self._store.upload_session, self.target, repository, digest)
 
-    def drop(self, repository: str, digest: str) -> None:
-        self._load()
-        if self._memory.pop(f"{repository}@{digest}", None) is not None:
-            self._save()
+    async def put(self, repository: str, digest: str, saved: UploadSession) -> None:
+        if self._store is None:
+            self._memory[(repository, digest)] = saved
+        else:
+            await self._in_store(self._store.save_upload_session, self.target, repository, digest, saved)
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        entries = self._read().get(self.scope)
-        entries = entries if isinstance(entries, dict) else {}
-        now = time.time()
-        self._memory = {key: e["location"] for key, e in entries.items()
-                        if isinstance(e, dict) and now - float(e.get("saved_at", 0)) < MAX_SESSION_AGE_SECONDS
-                        and isinstance(e.get("location"), str)}
+    async def drop(self, repository: str, digest: str) -> None:
+        self._memory.pop((repository, digest), None)
+        if self._store is not None:
+            await self._in_store(self._store.drop_upload_session, self.target, repository, digest)
 
-    def _read(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
-            return {}
+    async def _in_store(self, call: Callable[..., T], *args: object) -> T | None:
+        """``call`` off the event loop; on a database failure, say so once and go on in memory."""
+        assert self._store is not None
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}  # a damaged file only costs a restart of the uploads it named
-        return data if isinstance(data, dict) else {}
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        data = self._read()
-        now = time.time()
-        data[self.scope] = {k: {"location": v, "saved_at": now} for k, v in self._memory.items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".uploads-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        os.replace(tmp, self.path)  # atomic: a reader never sees half a file
+            return await asyncio.to_thread(call, *args)
+        except SQLAlchemyError as exc:
+            logger.warning("upload sessions stay in memory for this run: the store failed (%s)",
+                           type(exc).__name__)
+            self._store = None
+            return None

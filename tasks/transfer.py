@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Iterable
 
 from adapters.distribution.client import DistributionClient
-from adapters.errors import CancelledReplication, ContentError, ReplicationError
+from adapters.errors import CancelledReplication, ContentError, ReplicationError, is_transient
 from adapters.oci import Descriptor, Manifest, is_foreign_layer
 from tasks.blobs import BlobCopier
 from tasks.models import TagOutcome, TagPlan, TransferResult, TransferSpec
@@ -103,7 +103,7 @@ class _RepositoryCopy:
             return TagOutcome(tag=plan.tag, digest=digest, status="stopped", reason=str(exc))
         except ReplicationError as exc:
             return TagOutcome(tag=plan.tag, digest=digest, status="failed",
-                              reason=f"{type(exc).__name__}: {exc}", transient=exc.transient)
+                              reason=f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
         return TagOutcome(tag=plan.tag, digest=digest, status="copied", bytes=sent)
 
     async def _copy_contents(self, manifest: Manifest, depth: int) -> int:

@@ -232,6 +232,28 @@ async def test_503_twice_then_ok_on_a_blob_upload(make_registry, make_corpus, ma
     verify_with_skopeo(dst, pushed, tmp_path)
 
 
+async def test_blob_upload_unknown_is_tried_again_in_a_new_session(make_registry, make_corpus, make_proxy,
+                                                                   tmp_path):
+    """distribution's answer when it lost an upload (purged, or a restart on local storage): a 404
+    that the error table marks transient, so the blob's next attempt opens a new session."""
+    src, dst = make_registry("anonymous"), make_registry("anonymous")
+    pushed = make_corpus(src).push("app/lost", ["1.0"], ImageKind.OCI, layer_sizes=[1 * MiB])
+    layer = pushed.image.layers[-1].digest.removeprefix("sha256:")
+    proxy = make_proxy(dst)
+    proxy.rule("PUT", r"/v2/app/lost/blobs/uploads/.*",
+               respond(404, {"Content-Type": "application/json"},
+                       distribution_error("BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")),
+               nth=1, query=layer)
+
+    result = await copy(src, dst, "app/lost", ["1.0"], dst_proxy=proxy)
+
+    assert result.status == "Succeeded", result.error
+    puts = [r for r in proxy.requests("PUT", r"/v2/app/lost/blobs/uploads/.*") if layer in r.query]
+    assert [r.status for r in puts] == [404, 201]
+    assert puts[0].target.split("?")[0] != puts[1].target.split("?")[0]  # a new session
+    verify_with_skopeo(dst, pushed, tmp_path)
+
+
 HUGE = 256 * MiB
 
 

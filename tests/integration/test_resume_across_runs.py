@@ -1,4 +1,5 @@
-"""A run killed mid-upload leaves its chunked session; the next run continues it."""
+"""A run killed mid-upload leaves its chunked session (a row of the store); the next run
+continues it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +34,13 @@ policies:
     dest_registry: dst
     filters: [{{type: name, value: "{repo}"}}]
 """
+MiB = 1024 * 1024
+
+
+def saved_sessions(db: Path) -> list[tuple[str, str, int]]:
+    """(target, repository, offset) of every upload session row in the store."""
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT target, repository, \"offset\" FROM upload_sessions").fetchall()
 
 
 def test_the_next_run_continues_an_upload_the_killed_one_left(make_registry, tmp_path):
@@ -59,12 +70,13 @@ def test_the_next_run_continues_an_upload_the_killed_one_left(make_registry, tmp
         proxy.close()
     patched_before = dst.count_requests("PATCH")
     assert patched_before == 1
-    saved = json.loads((tmp_path / "home" / "uploads.json").read_text())
-    assert any(f"{REPOSITORY}@" in key for entries in saved.values() for key in entries)
+    db = tmp_path / "home" / "regflow.db"
+    assert saved_sessions(db) == [(proxy.url, REPOSITORY, 64 * MiB)]  # after the first PATCH
+    assert not (tmp_path / "home" / "uploads.json").exists()
 
-    # The same target address (sessions are kept per registry host), now without faults.
+    # The same target address (sessions are kept per registry URL), now without faults.
     mark = dst.log_mark()
-    with FaultProxy(dst, port=proxy.port).start():
+    with FaultProxy(dst, port=proxy.port).start() as again:
         second = subprocess.run([*cli, "replicate", "big", "--json"], env=env, capture_output=True,
                                 text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -72,6 +84,7 @@ def test_the_next_run_continues_an_upload_the_killed_one_left(make_registry, tmp
     # Starting over would take 3 PATCHes; continuing takes the ones the first run did not do.
     assert dst.count_requests("PATCH", since=mark) == 3 - patched_before
     assert dst.count_requests("POST", r"/v2/bench/large/blobs/uploads/", since=mark) <= 1  # config only
+    resumed = again.requests("PATCH", r"/v2/bench/large/blobs/uploads/.+")
+    assert (resumed[0].request_header("Content-Range") or "").startswith(f"{64 * MiB}-")  # not 0-
     assert inspect_raw_digest(dst.ref(REPOSITORY, TAG)) == digest
-    saved = json.loads((tmp_path / "home" / "uploads.json").read_text())
-    assert not any(entries for entries in saved.values())  # finished sessions are forgotten
+    assert saved_sessions(db) == []  # finished sessions are forgotten

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydantic import SecretStr
 
 from adapters.errors import ConfigError
 from policies.models import parse_config
-from policies.store import ApplyReport, Store
+from policies.store import ApplyReport, Store, UploadSession
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +111,7 @@ class Postgres:
 
     def drop_tables(self) -> None:
         with psycopg.connect(host="127.0.0.1", port=self.port, user="regflow", dbname="postgres") as conn:
-            conn.execute("DROP TABLE IF EXISTS registries, policies")
+            conn.execute("DROP TABLE IF EXISTS registries, policies, upload_sessions")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -230,3 +231,38 @@ def test_plain_postgresql_url_uses_psycopg(postgres: Postgres, tmp_path: Path,
             assert store.apply(parse_config(config_data())).created == ALL
         finally:
             postgres.drop_tables()
+
+
+def test_upload_session_rows(store: Store, postgres: Postgres) -> None:
+    """A session row written, updated in place (one upsert), read by another worker's store,
+    deleted; rows of other targets and repositories untouched throughout."""
+    target, digest = "http://127.0.0.1:5001", "sha256:" + "cd" * 32
+    store.save_upload_session(target, "app", digest, UploadSession(location="/u/1?_state=a", offset=64))
+    store.save_upload_session(target, "other", digest, UploadSession(location="/u/2", offset=1))
+    store.save_upload_session(target, "app", digest, UploadSession(location="/u/1?_state=b", offset=128))
+    with Store() as elsewhere:
+        assert elsewhere.upload_session(target, "app", digest) == UploadSession(location="/u/1?_state=b",
+                                                                                offset=128)
+        assert elsewhere.upload_session("https://else.example", "app", digest) is None
+    assert postgres.query('SELECT repository, "offset" FROM upload_sessions ORDER BY repository') == [
+        ("app", 128), ("other", 1)]
+    store.drop_upload_session(target, "app", digest)
+    assert store.upload_session(target, "app", digest) is None
+    assert store.upload_session(target, "other", digest) == UploadSession(location="/u/2", offset=1)
+    postgres.query("UPDATE upload_sessions SET updated_at = now() - interval '2 days' RETURNING 1")
+    assert store.upload_session(target, "other", digest) is None  # stale: no longer offered
+    assert store.expire_upload_sessions() == 1
+    assert postgres.query("SELECT count(*) FROM upload_sessions") == [(0,)]
+
+
+def test_runs_starting_at_once_on_a_new_store_all_get_its_tables(store: Store, postgres: Postgres) -> None:
+    """Each first use creates the missing tables; runs starting together must not fail on the
+    one that loses that race (nor on an older store that lacks the upload_sessions table)."""
+    def first_use(i: int) -> None:
+        with Store() as own:
+            own.save_upload_session("http://t", f"repo-{i}", "sha256:00",
+                                    UploadSession(location="/", offset=i))
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(first_use, range(6)))
+    assert postgres.query("SELECT count(*) FROM upload_sessions") == [(6,)]

@@ -55,7 +55,7 @@ class World:
         monkeypatch.setattr(runtime, "ensure_registry_limits", self._limits)
         monkeypatch.setattr(runtime, "acreate_progress_artifact", self._create)
         monkeypatch.setattr(runtime, "aupdate_progress_artifact", self._update)
-        client = SimpleNamespace(host="registry.test")
+        client = SimpleNamespace(host="registry.test", endpoint=SimpleNamespace(url="http://registry.test"))
         self.source = SimpleNamespace(client=client)
         self.target = SimpleNamespace(client=client, info=SimpleNamespace(supports_mount=True))
 
