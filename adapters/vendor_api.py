@@ -5,7 +5,8 @@ the distribution spec does not have (Docker Hub, GitHub, Quay, GitLab).
 * Credentials travel only to the API's own host: the auth flow adds them to no other host, and
   redirects are not followed (httpx would carry a custom header such as GitLab's
   ``PRIVATE-TOKEN`` to wherever a 3xx points). A page link to another host is refused.
-* Every answer is read up to ``MAX_API_RESPONSE_BYTES``; HTTP errors map onto
+* Every answer is read up to ``MAX_API_RESPONSE_BYTES`` within one deadline
+  (``adapters.bounded``); HTTP errors map onto
   ``adapters.errors`` (429 and 5xx transient, a 429's or GitHub's reset time kept).
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
 from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -178,17 +180,20 @@ class VendorApi:
             method, url, params=params, content=content,
             headers={"Content-Type": "application/json"} if content is not None else None)
         self.requests_made += 1
-        try:
-            send = self._http.send(request, stream=True) if authenticate else \
-                self._http.send(request, stream=True, auth=None)
-            response = await send
+        async with within(NON_BLOB_DEADLINE_SECONDS, what=f"{method} {_where(request.url)}"):
             try:
-                body = await _read_capped(response)
-            finally:
-                await response.aclose()
-        except httpx.TransportError as exc:
-            problem = f"{method} {_where(request.url)}: {type(exc).__name__}: {exc}"
-            raise TransportError(problem[:400]) from None
+                send = self._http.send(request, stream=True) if authenticate else \
+                    self._http.send(request, stream=True, auth=None)
+                response = await send
+                try:
+                    # An error's body is only an excerpt for the message: cut, never refused.
+                    body = await read_capped(response, MAX_API_RESPONSE_BYTES, what=_where(response.url),
+                                             truncate=response.status_code not in ok)
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                problem = f"{method} {_where(request.url)}: {type(exc).__name__}: {exc}"
+                raise TransportError(problem[:400]) from None
         if response.status_code not in ok:
             raise _error(response, body)
         return ApiResponse(response.status_code, response.url, response.headers, _json(response, body))
@@ -221,21 +226,6 @@ def link_next(page: ApiResponse) -> str | None:
 def with_query(url: httpx.URL, **params: str) -> str:
     """``url`` with ``params`` set in its query (for APIs that page by a token or number)."""
     return str(url.copy_merge_params(params))
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    # Decoded bytes (APIs such as GitHub's answer gzip), counted as they are decoded: a small
-    # compressed answer cannot inflate past the cap in memory.
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_API_RESPONSE_BYTES:
-        raise ContentError(f"{_where(response.url)}: answer of {declared} bytes, "
-                           f"over {MAX_API_RESPONSE_BYTES}")
-    buf = bytearray()
-    async for chunk in response.aiter_bytes():
-        buf += chunk
-        if len(buf) > MAX_API_RESPONSE_BYTES:
-            raise ContentError(f"{_where(response.url)}: answer over {MAX_API_RESPONSE_BYTES} bytes")
-    return bytes(buf)
 
 
 def _json(response: httpx.Response, body: bytes) -> Any:

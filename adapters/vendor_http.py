@@ -2,9 +2,10 @@
 OAuth2 token endpoint, ACR's token exchange), shared by the vendor adapters.
 
 What the distribution client does for registry requests, done here for these: per-read
-timeouts, answers read only up to a cap, no redirects followed (a credential or a signed
-request never travels on to another host), and every error answer turned into regflow's error
-tree with a short, printable excerpt that never repeats what we sent.
+timeouts, answers read only up to a cap and within one deadline (``adapters.bounded``), no
+redirects followed (a credential or a signed request never travels on to another host), and
+every error answer turned into regflow's error tree with a short, printable excerpt that never
+repeats what we sent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
 from adapters.distribution.client import USER_AGENT, retry_after_seconds
 from adapters.errors import (
     ContentError,
@@ -68,19 +70,20 @@ async def call_json(
     """
     request = client.build_request(method, url, **kw)
     where = f"{request.url.host}{request.url.path}"
-    try:
-        response = await client.send(request, stream=True)
+    async with within(NON_BLOB_DEADLINE_SECONDS, what=f"{what} {method} {where}"):
         try:
-            body = await _read_at_most(response, MAX_API_RESPONSE_BYTES + 1)
-        finally:
-            await response.aclose()
-    except httpx.TransportError as exc:
-        raise TransportError(f"{what} {method} {where}: {type(exc).__name__}") from None
+            response = await client.send(request, stream=True)
+            try:
+                # An error's body is only an excerpt for the message: cut, never refused.
+                body = await read_capped(response, MAX_API_RESPONSE_BYTES, what=f"{what} {method} {where}",
+                                         truncate=not 200 <= response.status_code < 300)
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            raise TransportError(f"{what} {method} {where}: {type(exc).__name__}") from None
     if not 200 <= response.status_code < 300:
         raise api_error(what, method, where, response.status_code, body,
                         retry_after=response.headers.get("Retry-After"), codes=codes)
-    if len(body) > MAX_API_RESPONSE_BYTES:
-        raise ContentError(f"{what} {method} {where}: answer over {MAX_API_RESPONSE_BYTES} bytes")
     if not parse or not body.strip():
         return None
     try:
@@ -139,12 +142,4 @@ def diagnostics(body: bytes) -> tuple[tuple[str, ...], str]:
     printable = "".join(c if c.isprintable() else " " for c in text).strip()
     return tuple(c[:64] for c in codes), printable[:API_ERROR_DETAIL_CHARS]
 
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    buf = bytearray()
-    async for chunk in response.aiter_bytes():
-        buf += chunk
-        if len(buf) >= limit:
-            break
-    return bytes(buf[:limit])
 

@@ -15,18 +15,22 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from http.cookiejar import CookieJar
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-import httpcore
 import httpx
 
+from adapters.bounded import (
+    NON_BLOB_DEADLINE_SECONDS,
+    AnswerTooLargeError,
+    read_capped,
+    read_capped_until,
+    within,
+)
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
-from adapters.distribution.http1 import Http1Pool, Wire
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     ConfigError,
@@ -42,17 +46,29 @@ from adapters.errors import (
 from adapters.oci import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Digest, Manifest, parse_manifest
 
 # Connections kept open to one registry. Registries on small machines are CPU-bound well
-# before this; the transfer's own semaphores decide how many requests are in flight.
+# before this; the transfer's own semaphores decide how many requests are in flight. Over
+# HTTP/2 one connection carries them all.
 MAX_CONNECTIONS_PER_HOST = 16
+# An idle connection is closed after this long: it spans the pauses between a run's phases
+# (planning, then blobs, then manifests) and stays under the idle timeouts of the proxies and
+# load balancers in front of registries (nginx 75 s, AWS ALB 60 s), so a request never goes
+# out on a connection the far end is closing.
+KEEPALIVE_SECONDS = 30.0
 # Per-read, not whole-request, timeouts: a 30 GB blob may take hours but must never stall.
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 60.0
 # distribution rejects n > 1000; 100 is its own default page.
 CATALOG_PAGE_SIZE = 100
 MAX_PAGES = 100_000  # a Link loop on a broken registry must end
+# One page of a catalog or tag list. distribution answers a tag list without ``n`` in one
+# page: 16 MiB is ~500,000 tags, far past any real repository; more is not a list of names.
+MAX_LISTING_PAGE_BYTES = 16 * 1024 * 1024
 # Error bodies are read up to this size and shown up to ERROR_DETAIL_CHARS: enough for
 # distribution's JSON errors, never a whole HTML page or a blob.
 MAX_ERROR_BODY_BYTES = 16 * 1024
+# Answers whose body nobody uses (HEAD, PUT, POST, PATCH, DELETE, /v2/) are read to their end
+# up to this, so their connection serves the next request; a longer one is cut off with it.
+MAX_DRAINED_BODY_BYTES = 64 * 1024
 ERROR_DETAIL_CHARS = 300
 # Blob bytes are moved in pieces of this size: memory per stream stays flat.
 STREAM_CHUNK_BYTES = 1024 * 1024
@@ -61,7 +77,8 @@ STREAM_CHUNK_BYTES = 1024 * 1024
 MAX_HOLD_SECONDS = 120.0
 
 USER_AGENT = "regflow/0.1"
-# Blobs and manifests are read raw and hashed: a proxy that compressed them would break both.
+# Blobs are read raw and hashed: a proxy that compressed them would break the hash. (Other
+# answers are decoded if compressed all the same, and capped as decoded.)
 DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 
 
@@ -100,7 +117,9 @@ class BlobStream:
 
 async def _gathered(pieces: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
     """Join the connection's reads (64 KiB each) into chunks of at least ``size`` bytes with one
-    copy each; httpx's own ``aiter_raw(size)`` copies every byte three times to cut exact sizes."""
+    copy each: httpx's own ``aiter_raw(size)`` copies every byte three times to cut exact sizes,
+    which doubles the CPU a blob costs with its hashing; unjoined, every step downstream
+    (hashing, bandwidth, the upload's writes) would run per 64 KiB instead of per chunk."""
     held: list[bytes] = []
     count = 0
     async for piece in pieces:
@@ -140,19 +159,20 @@ class DistributionClient:
         timeout = httpx.Timeout(CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS,
                                 write=READ_TIMEOUT_SECONDS, pool=None)
         limits = httpx.Limits(max_connections=max_connections,
-                              max_keepalive_connections=max_connections)
-        self._token_http = _RegistryHttp(verify=verify, timeout=timeout, transport=transport,
-                                         headers={"User-Agent": USER_AGENT})
-        # httpx lower-cases the host and drops a default port in request URLs; compare like it.
-        self.auth = RegistryAuth(httpx.URL(endpoint.url).netloc.decode(), endpoint.username,
-                                 endpoint.password, token_client=self._token_http)
+                              max_keepalive_connections=max_connections,
+                              keepalive_expiry=KEEPALIVE_SECONDS)
+        self._token_http = httpx.AsyncClient(verify=verify, timeout=timeout, transport=transport,
+                                             headers={"User-Agent": USER_AGENT})
+        self.auth = RegistryAuth(endpoint.url, endpoint.username, endpoint.password,
+                                 token_client=self._token_http)
         self._origin = f"{urlsplit(endpoint.url).scheme}://{endpoint.host}"
-        # limits and http2 still shape the transports httpx mounts for proxies it finds in the
-        # environment; requests to the registry itself go through PoolTransport.
-        self._http = _RegistryHttp(
-            base_url=self._origin, verify=verify, timeout=timeout, limits=limits,
-            transport=transport or PoolTransport(verify, limits, http2=True),
-            http2=transport is None, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
+        # httpx builds its own transport from these (an AsyncHTTPTransport: HTTP/2 where a TLS
+        # registry offers it by ALPN, else HTTP/1.1; no retries of its own, ours follow the
+        # error tree's ``transient``), and one like it for each proxy in the environment. A
+        # transport passed in would switch those proxies off (httpx reads them only without).
+        self._http = httpx.AsyncClient(
+            base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=True,
+            transport=transport, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
         )
         self.requests_made = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
@@ -189,6 +209,10 @@ class DistributionClient:
         tail = f"/{quote(ref, safe=':@')}" if ref else "/"
         return f"{self.endpoint.prefix}/v2/{self.remote_name(repository)}/{kind}{tail}"
 
+    def _full(self, url: str) -> str:
+        # For messages: a path with the registry's host in front.
+        return url if "://" in url else f"//{self.host}{url}"
+
     def _absolute(self, location: str) -> str:
         # Upload locations may be relative; resolve against the registry, not the last request.
         return urljoin(f"{self._origin}/", location)
@@ -201,16 +225,56 @@ class DistributionClient:
         scopes: tuple[str, ...],
         ok: tuple[int, ...],
         stream: bool = False,
+        timed: bool = True,
         **kw: Any,
     ) -> httpx.Response:
+        """One request whose answer's body the caller does not need, or (``stream``) reads
+        itself. Unless streamed, the body is drained up to MAX_DRAINED_BODY_BYTES and the whole
+        exchange ends within NON_BLOB_DEADLINE_SECONDS, unless not ``timed`` (requests that
+        carry a blob: per-read timeouts only)."""
+        if stream:
+            await self._hold()
+            return await self._open(method, url, scopes=scopes, ok=ok, **kw)
+        response, _ = await self._exchange(method, url, scopes=scopes, ok=ok, limit=MAX_DRAINED_BODY_BYTES,
+                                           truncate=True, timed=timed, **kw)
+        return response
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: tuple[str, ...],
+        ok: tuple[int, ...],
+        limit: int,
+        truncate: bool = False,
+        timed: bool = True,
+        **kw: Any,
+    ) -> tuple[httpx.Response, bytes]:
+        """One request and its body read up to ``limit`` (over it: ``AnswerTooLargeError``,
+        or with ``truncate`` the first ``limit`` bytes), from sending to the last byte within
+        NON_BLOB_DEADLINE_SECONDS when ``timed``. A Retry-After hold is waited out first: it
+        does not count against the deadline."""
         await self._hold()
+        full = self._full(url)
+        async with within(NON_BLOB_DEADLINE_SECONDS if timed else None, what=f"{method} {_redact(full)}"):
+            response = await self._open(method, url, scopes=scopes, ok=ok, **kw)
+            async with _closing(response):
+                with _transport_errors(method, full):
+                    body = await read_capped(response, limit, what=f"{method} {_redact(full)}",
+                                             truncate=truncate)
+        return response, body
+
+    async def _open(self, method: str, url: str, *, scopes: tuple[str, ...], ok: tuple[int, ...],
+                    **kw: Any) -> httpx.Response:
+        """Send a request and return its streamed answer; a status outside ``ok`` raises."""
         # One parse of the whole URL: a relative one would be parsed, then merged with the base URL
         # and parsed again (httpx validates every character each time; digests make URLs long).
         target = httpx.URL(url if "://" in url else f"{self._origin}/{url.lstrip('/')}")
         request = self._http.build_request(method, target, extensions={SCOPES_EXTENSION: scopes}, **kw)
         self.requests_made += 1
-        with _transport_errors(method, url if "://" in url else f"//{self.host}{url}"):
-            # Always streamed, so that an error body is read only up to its cap.
+        with _transport_errors(method, self._full(url)):
+            # Always streamed, so that no body is read before its cap applies.
             response = await self._http.send(request, stream=True)
             if self._observer is not None:
                 self.hold_for(self._observer(response))
@@ -222,8 +286,6 @@ class DistributionClient:
                     raise error
                 finally:
                     await response.aclose()
-            if not stream:
-                await response.aread()
         return response
 
     def hold_for(self, seconds: float | None) -> None:
@@ -246,10 +308,15 @@ class DistributionClient:
         """GET /v2/ without credentials. 200, 401 and 403 all mean a registry is there."""
         url = self._absolute(f"{self.endpoint.prefix}/v2/")
         self.requests_made += 1
-        with _transport_errors("GET", url):
-            response = await self._token_http.get(url)
-        if response.status_code not in (200, 401, 403):
-            raise await _error_from(response)
+        async with within(NON_BLOB_DEADLINE_SECONDS, what=f"GET {_redact(url)}"):
+            with _transport_errors("GET", url):
+                response = await self._token_http.send(self._token_http.build_request("GET", url),
+                                                       stream=True)
+                async with _closing(response):
+                    if response.status_code not in (200, 401, 403):
+                        raise await _error_from(response)
+                    await read_capped(response, MAX_DRAINED_BODY_BYTES, what=f"GET {_redact(url)}",
+                                      truncate=True)
         return response.status_code
 
     async def check_credentials(self) -> None:
@@ -261,8 +328,9 @@ class DistributionClient:
         for _ in range(MAX_PAGES):
             if url is None:
                 return
-            response = await self._send("GET", url, scopes=(CATALOG_SCOPE,), ok=(200,))
-            for name in _json_list(response, "repositories"):
+            response, body = await self._exchange("GET", url, scopes=(CATALOG_SCOPE,), ok=(200,),
+                                                  limit=MAX_LISTING_PAGE_BYTES)
+            for name in _json_list(response, body, "repositories"):
                 yield name
             url = _next_link(response)
         raise ContentError(f"catalog of {self.host} did not end after {MAX_PAGES} pages")
@@ -273,8 +341,9 @@ class DistributionClient:
         for _ in range(MAX_PAGES):
             if url is None:
                 return tags
-            response = await self._send("GET", url, scopes=(self._scope(repository, "pull"),), ok=(200,))
-            tags.extend(_json_list(response, "tags"))
+            response, body = await self._exchange("GET", url, scopes=(self._scope(repository, "pull"),),
+                                                  ok=(200,), limit=MAX_LISTING_PAGE_BYTES)
+            tags.extend(_json_list(response, body, "tags"))
             url = _next_link(response)
         raise ContentError(f"tag list of {repository} did not end after {MAX_PAGES} pages")
 
@@ -282,11 +351,12 @@ class DistributionClient:
         """Whether the repository holds any tag, from a page of at most one (a registry that
         ignores ``n`` sends the whole list, which answers as well)."""
         try:
-            response = await self._send("GET", self._path(repository, "tags", "list") + "?n=1",
-                                        scopes=(self._scope(repository, "pull"),), ok=(200,))
+            response, body = await self._exchange(
+                "GET", self._path(repository, "tags", "list") + "?n=1",
+                scopes=(self._scope(repository, "pull"),), ok=(200,), limit=MAX_LISTING_PAGE_BYTES)
         except NotFoundError:
             return False
-        return bool(_json_list(response, "tags"))
+        return bool(_json_list(response, body, "tags"))
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -312,20 +382,15 @@ class DistributionClient:
         )
 
     async def get_manifest(self, repository: str, ref: str) -> Manifest:
-        response = await self._send(
-            "GET", self._path(repository, "manifests", ref),
-            scopes=(self._scope(repository, "pull"),), ok=(200,), stream=True,
-            headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
-        )
-        async with _closing(response):
-            declared = int(response.headers.get("Content-Length", "0") or 0)
-            if declared > MAX_MANIFEST_BYTES:
-                raise ManifestTooLargeError(
-                    f"manifest {repository}@{ref} is {declared} bytes, over {MAX_MANIFEST_BYTES}")
-            raw = await _read_at_most(response, MAX_MANIFEST_BYTES + 1)
-            if len(raw) > MAX_MANIFEST_BYTES:
-                raise ManifestTooLargeError(
-                    f"manifest {repository}@{ref} is over {MAX_MANIFEST_BYTES} bytes")
+        try:
+            response, raw = await self._exchange(
+                "GET", self._path(repository, "manifests", ref),
+                scopes=(self._scope(repository, "pull"),), ok=(200,), limit=MAX_MANIFEST_BYTES,
+                headers={"Accept": ", ".join(MANIFEST_ACCEPT)},
+            )
+        except AnswerTooLargeError:
+            raise ManifestTooLargeError(
+                f"manifest {repository}@{ref} is over {MAX_MANIFEST_BYTES} bytes") from None
         manifest = parse_manifest(raw, response.headers.get("Content-Type"))
         if ref.startswith(("sha256:", "sha512:")) and manifest.digest != ref:
             raise DigestMismatchError(ref, manifest.digest, what=f"manifest {repository}")
@@ -400,7 +465,7 @@ class DistributionClient:
         """Monolithic upload: the whole blob in the closing PUT of an upload session."""
         await self._send("PUT", _with_digest(location, digest),
                          scopes=(self._scope(repository, "pull,push"),), ok=(201, 204),
-                         content=body, headers={"Content-Type": "application/octet-stream",
+                         timed=False, content=body, headers={"Content-Type": "application/octet-stream",
                                                 "Content-Length": str(size)})
 
     async def patch_chunk(self, repository: str, location: str, offset: int, length: int,
@@ -408,7 +473,7 @@ class DistributionClient:
         """Append ``length`` bytes at ``offset``; returns the next upload location."""
         response = await self._send(
             "PATCH", location, scopes=(self._scope(repository, "pull,push"),), ok=(202,),
-            content=body, headers={"Content-Type": "application/octet-stream",
+            timed=False, content=body, headers={"Content-Type": "application/octet-stream",
                                    "Content-Range": f"{offset}-{offset + length - 1}",
                                    "Content-Length": str(length)},
         )
@@ -435,232 +500,6 @@ class DistributionClient:
                              ok=(200, 202, 204))
         except RegistryError:
             pass  # best effort: the registry purges abandoned uploads itself
-
-
-class _RegistryHttp(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` whose cookie jar is only consulted for answers that set cookies
-    (registries rarely do): httpx runs every answer through ``http.cookiejar``, which builds a
-    urllib request and an email message for it, ~100 µs each."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._set_cookies = _Cookies(kwargs.get("cookies"))
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._set_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: _CookieTypes) -> None:
-        self._set_cookies = _Cookies(cookies)
-
-
-_CookieTypes = httpx.Cookies | CookieJar | dict[str, str] | list[tuple[str, str]] | None
-
-
-class _Cookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "Set-Cookie" in response.headers or "Set-Cookie2" in response.headers:
-            super().extract_cookies(response)
-
-
-# -- transport -------------------------------------------------------------------------------
-
-
-class PoolTransport(httpx.AsyncBaseTransport):
-    """Registries over plain http get regflow's own HTTP/1.1 connections (``http1``, a third
-    of the CPU httpcore takes per request). Registries over TLS get httpx's default transport
-    (an httpcore connection pool, HTTP/2 when offered), built on the public httpcore API so that
-    its connections are ``_Connection``s on asyncio instead of anyio's streams, and split into
-    pools of at most POOL_SHARD_CONNECTIONS.
-
-    Each time a request starts or ends, httpcore's pool checks every idle connection for a
-    server-side close (through anyio: a dict of socket attributes and a getpeername() each) and
-    counts all its connections once per idle one, quadratic in the pool's size. Both were about
-    a fifth of the copy engine's CPU in the benchmark, where bursts of manifest requests keep 16
-    connections open and most of them idle."""
-
-    def __init__(self, verify: ssl.SSLContext, limits: httpx.Limits, *, http2: bool) -> None:
-        total = limits.max_connections or POOL_SHARD_CONNECTIONS
-        shards = -(-total // POOL_SHARD_CONNECTIONS)
-        keepalive = limits.max_keepalive_connections
-        self._pools = [
-            httpcore.AsyncConnectionPool(
-                ssl_context=verify,
-                max_connections=-(-total // shards),
-                max_keepalive_connections=None if keepalive is None else -(-keepalive // shards),
-                keepalive_expiry=limits.keepalive_expiry,
-                http1=True,
-                http2=http2,
-                network_backend=_AsyncioBackend(),
-            )
-            for _ in range(shards)
-        ]
-        self._busy = [0] * shards  # requests each pool holds a connection for
-        self._plain = Http1Pool(total, keepalive, limits.keepalive_expiry)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme == "http":
-            return await self._plain.request(request)
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
-                             port=request.url.port, target=request.url.raw_path),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        shard = self._busy.index(min(self._busy))  # the least busy pool, as one pool would
-        self._busy[shard] += 1
-        try:
-            with _httpx_errors():
-                response = await self._pools[shard].handle_async_request(core_request)
-        except BaseException:
-            self._busy[shard] -= 1
-            raise
-        assert isinstance(response.stream, AsyncIterable)
-        stream = _ResponseStream(response.stream, lambda: self._release(shard))
-        return httpx.Response(status_code=response.status, headers=response.headers, stream=stream,
-                              extensions=response.extensions)
-
-    def _release(self, shard: int) -> None:
-        self._busy[shard] -= 1
-
-    async def aclose(self) -> None:
-        await self._plain.aclose()
-        for pool in self._pools:
-            await pool.aclose()
-
-
-# httpcore compares every connection of a pool with all the others on each request's start and
-# end; pools of this size keep that cheap, and enough of them make up max_connections.
-POOL_SHARD_CONNECTIONS = 8
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: AsyncIterable[bytes], on_close: Callable[[], None]) -> None:
-        self._stream = stream
-        self._on_close: Callable[[], None] | None = on_close
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _httpx_errors():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        on_close, self._on_close = self._on_close, None
-        try:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            if on_close is not None:
-                on_close()
-
-
-# httpcore's errors as httpx raises them (the client only knows httpx's); most specific first.
-_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for core_error, httpx_error in _HTTPX_ERRORS:
-            if isinstance(exc, core_error):
-                raise httpx_error(str(exc)) from exc
-        raise
-
-
-class _AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Connections straight on asyncio's transports. (The ``timeout`` parameters are
-    httpcore's interface.) TCP only: registries are never reached through a Unix socket, and
-    httpcore's own default refuses one."""
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        connection = await _Connection.open(host, port, timeout, local_address)
-        return connection.ready(socket_options)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _Connection(Wire, httpcore.AsyncNetworkStream):
-    """One connection as httpcore reads and writes it (TLS registries), on asyncio's transport
-    as plain-http ones use it, with httpcore's errors as anyio's backend raises them."""
-
-    connect_error = httpcore.ConnectError
-    connect_timeout = httpcore.ConnectTimeout
-    read_error = httpcore.ReadError
-    read_timeout = httpcore.ReadTimeout
-    write_error = httpcore.WriteError
-    write_timeout = httpcore.WriteTimeout
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        chunk = await self.receive(timeout)
-        if len(chunk) > max_bytes:
-            self.unread(chunk[max_bytes:])
-            chunk = chunk[:max_bytes]
-        return chunk
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self.send(buffer, timeout)
-
-    async def aclose(self) -> None:
-        self.abort()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:  # noqa: ASYNC109
-        assert self._transport is not None
-        try:
-            with self.connecting("no TLS handshake in time"):
-                async with asyncio.timeout(timeout):
-                    transport = await self._loop.start_tls(self._transport, self, ssl_context,
-                                                           server_hostname=server_hostname)
-        except BaseException:
-            await self.aclose()
-            raise
-        if transport is None:  # the server closed the connection during the handshake
-            raise httpcore.ConnectError("connection closed during the TLS handshake")
-        self._attach(transport)
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        transport = self._transport
-        if info == "is_readable":
-            # Idle in the pool: anything received (data, EOF, a reset) means the server closed it
-            # or broke the protocol. The event loop has read it already; no system call.
-            return not self.usable
-        if transport is None:
-            return None
-        key = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername",
-               "socket": "socket"}.get(info)
-        return transport.get_extra_info(key) if key else None
-
-    def ready(self, socket_options: Iterable[Any] | None) -> _Connection:
-        sock = self.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return self
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -738,18 +577,13 @@ async def _closing(response: httpx.Response) -> AsyncIterator[httpx.Response]:
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    """Read a streamed body, stopping once ``limit`` bytes are in hand."""
-    buf = bytearray()
-    async for chunk in response.aiter_raw():
-        buf += chunk
-        if len(buf) >= limit:
-            break
-    return bytes(buf[:limit])
+    """The first ``limit`` bytes of a streamed body (adapters/harbor.py's name for it)."""
+    return await read_capped(response, limit, what=_redact(str(response.url)), truncate=True)
 
 
-def _json_list(response: httpx.Response, key: str) -> list[str]:
+def _json_list(response: httpx.Response, body: bytes, key: str) -> list[str]:
     try:
-        value = response.json().get(key) or []
+        value = json.loads(body).get(key) or []
     except (ValueError, AttributeError):
         raise ContentError(f"{_redact(str(response.url))}: expected JSON with {key!r}") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -792,8 +626,9 @@ async def _error_from(response: httpx.Response) -> RegistryError:
     try:
         # A HEAD's body is empty but read all the same: only a complete answer gives its
         # connection back to the pool (unread, every 404 of a HEAD cost a new connection).
-        body = await _read_at_most(response, MAX_ERROR_BODY_BYTES)
-    except httpx.HTTPError:
+        body = await read_capped_until(response, MAX_ERROR_BODY_BYTES, what=f"{method} {url}",
+                                       deadline=NON_BLOB_DEADLINE_SECONDS, truncate=True)
+    except (httpx.HTTPError, TransportError):
         body = b""
     codes, detail = _diagnostics(b"" if method == "HEAD" else body)
     status = response.status_code

@@ -1,7 +1,7 @@
-"""The distribution client's own HTTP plumbing: its transport (regflow's HTTP/1.1
-connections for plain http; tests/unit/test_http1.py has their details), shared TLS contexts,
-the cookie shortcut and how blob bytes are gathered. The transport tests talk to a small
-HTTP/1.1 server in the test's own event loop on loopback."""
+"""How the distribution client uses httpx's transport: connections kept and replaced, per-read
+timeouts, the pool's size, proxies from the environment, shared TLS contexts, cookies and blob
+chunks. The transport tests talk to a small HTTP/1.1 server in the test's own event loop on
+loopback."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ async def test_a_large_streamed_upload_arrives_whole() -> None:
     assert put.body_sha256 == expected
 
 
-async def test_requests_past_one_pool_of_the_transport_all_run() -> None:
+async def test_concurrent_requests_share_at_most_the_pool_s_connections() -> None:
     async with LoopbackServer(lambda method, target: Answer(200, headers={"Content-Length": "10"},
                                                             delay=0.05)) as server:
         async with client_for(server) as client:
@@ -261,23 +261,28 @@ async def test_blob_chunks_gather_reads_up_to_the_chunk_size(pieces: int, piece_
     assert all(len(c) < chunk_size + piece_size for c in chunks)
 
 
-async def test_connect_errors_are_each_transport_s_own() -> None:
-    """One way to connect for both kinds of connection, each raising its own library's errors:
-    httpx's for the plain-http pool, httpcore's for the connections httpcore drives (TLS)."""
-    import httpcore
-
-    from adapters.distribution.http1 import Wire
-
+async def test_a_refused_connection_is_a_transient_transport_error() -> None:
     listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     listener.close()
     await listener.wait_closed()  # nothing listens there now: refused
 
-    with pytest.raises(httpx.ConnectError):
-        await Wire.open("127.0.0.1", port, 5)
-    with pytest.raises(httpcore.ConnectError):
-        await client_module._AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    with pytest.raises(httpx.ConnectTimeout, match=f"no connection to 127.0.0.1:{port} in time"):
-        await Wire.open("127.0.0.1", port, 0)
-    with pytest.raises(httpcore.ConnectTimeout):
-        await client_module._AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=0)
+    async with DistributionClient(Endpoint(url=f"http://127.0.0.1:{port}")) as client:
+        with pytest.raises(TransportError, match="ConnectError") as info:
+            await client.list_tags("a/b")
+    assert info.value.transient
+
+
+async def test_a_proxy_from_the_environment_carries_registry_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx mounts a proxy transport for HTTP_PROXY (trust_env): a plain-http registry's
+    requests reach the proxy in absolute form, nothing goes to the registry's own address."""
+    async with LoopbackServer(lambda method, target: Answer(200, b'{"tags": ["1"]}')) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        async with DistributionClient(Endpoint(url="http://registry.invalid:5000")) as client:
+            assert await client.list_tags("a/b") == ["1"]
+
+    [seen] = proxy.seen
+    assert seen.target == "http://registry.invalid:5000/v2/a/b/tags/list"
