@@ -3,12 +3,18 @@
 The client tags each request with the scopes it needs (``request.extensions["regflow.scopes"]``);
 this flow then
 
-1. sends nothing secret to any host but the registry's own (a blob GET that redirects to
-   object storage reaches it without ``Authorization``);
+1. sends nothing secret to any origin but the registry's own (scheme, host and port): a blob
+   GET that redirects to object storage, or an upload whose ``Location`` names another host,
+   reaches it without ``Authorization``;
 2. adds a cached token for exactly those scopes, or fetches one up front once the registry has
    told us its realm, so each new repository costs one token fetch and no extra 401;
-3. on a 401, reads the ``WWW-Authenticate`` challenge, gets a token (or switches to basic) and
-   sends the request once more.
+3. on a 401 from the registry itself, reads the ``WWW-Authenticate`` challenge, gets a token
+   (or switches to basic) and sends the request once more.
+
+Only the registry speaks for the registry: a 401 that comes from elsewhere (the host a blob
+was redirected to) is handed back as it is, its challenge never read, so no stranger can name
+a realm that would receive our credentials. The realm the registry names may be on another
+host (Docker Hub's is), but it is never reached over plain http from an https registry.
 
 Credentials are a static user and password, or come from a *credential provider*: an async
 callable returning fresh ``RegistryCredentials`` and until when they hold. Vendor adapters use
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -35,6 +42,7 @@ from datetime import datetime
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from adapters.bounded import read_capped, within
 from adapters.errors import AuthenticationError, TransportError
 
 SCOPES_EXTENSION = "regflow.scopes"
@@ -112,18 +120,62 @@ class _Token:
         return time.monotonic() < self.expires_at
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where the registry lives: the only origin that gets credentials or whose challenge is
+    believed. ``scheme`` is None when only ``host[:port]`` is known; then host and port alone
+    decide, and the scheme of the registry's own answer stands in for it."""
+
+    scheme: str | None
+    netloc: str  # as httpx writes it: lower case, default port dropped
+
+    @classmethod
+    def of(cls, registry: str) -> Origin:
+        """``registry`` is the registry's URL, or a bare ``host[:port]``."""
+        if "://" not in registry:
+            return cls(None, registry)
+        url = httpx.URL(registry)
+        return cls(url.scheme, url.netloc.decode())
+
+    def holds(self, url: httpx.URL) -> bool:
+        # httpx drops a default port from netloc, so "https://h" and "https://h:443" match, and
+        # "http://h" (port 80) does not match "https://h" because the schemes differ.
+        return url.netloc.decode() == self.netloc and self.scheme in (None, url.scheme)
+
+
+def realm_refusal(realm: str, registry_scheme: str) -> str | None:
+    """Why a token realm the registry named must not be used, or None when it may."""
+    try:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL:
+        return "names a token realm that is not a URL"
+    if url.scheme not in ("http", "https") or not url.host:
+        return "names a token realm that is not an http(s) URL"
+    if url.userinfo:
+        return "names a token realm that carries credentials in its URL"
+    if registry_scheme == "https" and url.scheme == "http":
+        return (f"is https but names a token realm over plain http ({url.netloc.decode()}): "
+                "refusing to send credentials in cleartext")
+    return None
+
+
 class RegistryAuth(httpx.Auth):
-    """Auth for one registry host. Shared by every request of one client; coroutine-safe."""
+    """Auth for one registry. Shared by every request of one client; coroutine-safe.
+
+    ``registry`` is the registry's URL (its origin is what counts). A bare ``host[:port]`` is
+    accepted too, but then an http answer on the same host and default port passes for an
+    https registry's own: callers should pass the URL."""
 
     def __init__(
         self,
-        registry_host: str,
+        registry: str,
         username: str | None = None,
         password: SecretStr | None = None,
         *,
         token_client: httpx.AsyncClient,
     ) -> None:
-        self._host = registry_host
+        self._home = Origin.of(registry)
+        self._host = self._home.netloc
         self._username = username  # for the repr; the password lives only in _static
         self._static = (RegistryCredentials(username=username, password=password)
                         if username is not None and password is not None else None)
@@ -179,8 +231,8 @@ class RegistryAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if request.url.netloc.decode() != self._host:
-            # A redirect to storage or any other host: nothing of ours travels with it.
+        if not self._home.holds(request.url):
+            # An upload location on another host, or any other origin: nothing of ours goes there.
             request.headers.pop("Authorization", None)
             yield request
             return
@@ -188,7 +240,9 @@ class RegistryAuth(httpx.Auth):
         scopes = tuple(request.extensions.get(SCOPES_EXTENSION, ()))
         sent = await self._authorize(request, scopes, fetch=self._bearer is not None)
         response = yield request
-        if response.status_code != 401:
+        # httpx follows redirects inside this step, so the answer may come from another host
+        # (object storage): its 401 is that host's business, returned to the caller untouched.
+        if response.status_code != 401 or not self._home.holds(response.url):
             return
 
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -203,6 +257,13 @@ class RegistryAuth(httpx.Auth):
                 return
             self._basic_only = True
         elif challenge.scheme == "bearer" and "realm" in challenge.params:
+            refusal = realm_refusal(challenge.params["realm"], response.url.scheme)
+            if refusal is not None:
+                raise AuthenticationError(f"registry {self._host} {refusal}", status=401,
+                                          method=request.method,
+                                          url=str(response.url.copy_with(query=None)))
+            if self._bearer is not None and _realm_of(self._bearer) != _realm_of(challenge):
+                self._tokens.clear()  # tokens of another token service are not for this one
             self._bearer = challenge
             # The registry may ask for a different scope than we guessed: ask for both.
             wanted = challenge.params.get("scope")
@@ -258,47 +319,62 @@ class RegistryAuth(httpx.Auth):
         realm = self._bearer.params["realm"]
         service = self._bearer.params.get("service")
         self.token_fetches += 1
+        if credentials is not None and credentials.refresh_token:
+            # distribution's OAuth2 token flow: scopes space-separated in one form field.
+            form = {"grant_type": "refresh_token", "client_id": OAUTH_CLIENT_ID,
+                    "refresh_token": credentials.password.get_secret_value()}
+            if service is not None:
+                form["service"] = service
+            if scopes:
+                form["scope"] = " ".join(scopes)
+            request = self._token_client.build_request("POST", realm, data=form)
+        else:
+            params: list[tuple[str, str | int | float | bool | None]] = []
+            if service is not None:
+                params.append(("service", service))
+            params.extend(("scope", s) for s in scopes)
+            headers = {"Authorization": credentials.basic_header()} if credentials is not None else {}
+            request = self._token_client.build_request("GET", realm, params=params, headers=headers)
+        token_host = request.url.netloc.decode()
         try:
-            if credentials is not None and credentials.refresh_token:
-                # distribution's OAuth2 token flow: scopes space-separated in one form field.
-                form = {"grant_type": "refresh_token", "client_id": OAUTH_CLIENT_ID,
-                        "refresh_token": credentials.password.get_secret_value()}
-                if service is not None:
-                    form["service"] = service
-                if scopes:
-                    form["scope"] = " ".join(scopes)
-                response = await self._token_client.post(realm, data=form)
-            else:
-                params: list[tuple[str, str | int | float | bool | None]] = []
-                if service is not None:
-                    params.append(("service", service))
-                params.extend(("scope", s) for s in scopes)
-                headers = {"Authorization": credentials.basic_header()} if credentials is not None else {}
-                response = await self._token_client.get(realm, params=params, headers=headers)
+            async with within(what=f"token service {token_host}"):
+                response = await self._token_client.send(request, stream=True)
+                try:
+                    self._check_token_status(response, realm)
+                    raw = await read_capped(response, MAX_TOKEN_RESPONSE_BYTES,
+                                            what=f"token service {token_host}")
+                finally:
+                    await response.aclose()
         except httpx.HTTPError as exc:
-            raise TransportError(f"token service {httpx.URL(realm).host} unreachable: "
+            raise TransportError(f"token service {token_host} unreachable: "
                                  f"{type(exc).__name__}") from None
+        try:
+            body = json.loads(raw)
+            value = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            value = None
+        if not isinstance(value, str) or not value:
+            raise AuthenticationError(f"token service for {self._host} sent no token",
+                                      status=response.status_code, method=request.method, url=realm)
+        return _Token(value=value, expires_at=_expiry(body))
+
+    def _check_token_status(self, response: httpx.Response, realm: str) -> None:
         method = response.request.method
         if response.status_code in (401, 403):
             raise AuthenticationError(
                 f"token service refused the credentials for {self._host}",
                 status=response.status_code, method=method, url=realm,
             )
-        if response.status_code != 200 or len(response.content) > MAX_TOKEN_RESPONSE_BYTES:
+        if response.status_code != 200:
             raise AuthenticationError(
                 f"token service answered {response.status_code} for {self._host}",
                 status=response.status_code, method=method, url=realm,
                 transient=response.status_code >= 500,
             )
-        try:
-            body = response.json()
-            value = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            value = None
-        if not isinstance(value, str) or not value:
-            raise AuthenticationError(f"token service for {self._host} sent no token",
-                                      status=response.status_code, method=method, url=realm)
-        return _Token(value=value, expires_at=_expiry(body))
+
+
+def _realm_of(challenge: Challenge) -> tuple[str | None, str | None]:
+    return challenge.params.get("realm"), challenge.params.get("service")
 
 
 def _expiry(body: dict[str, object]) -> float:

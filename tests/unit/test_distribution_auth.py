@@ -3,17 +3,21 @@ through DistributionClient over an in-process httpx.MockTransport (no network)."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from adapters import bounded
+from adapters.bounded import AnswerTooLargeError
 from adapters.distribution import auth as auth_module
 from adapters.distribution.auth import TOKEN_EXPIRY_MARGIN_SECONDS, Challenge, parse_challenge
 from adapters.distribution.client import DistributionClient
@@ -39,6 +43,17 @@ def reply(status: int = 200, *, content: bytes = b"", body: object = None,
         content = json.dumps(body).encode()
     return httpx.Response(status, headers={"Content-Length": str(len(content)), **(headers or {})},
                           stream=httpx.ByteStream(content))
+
+
+class AsyncByteStream(httpx.AsyncByteStream):
+    """A response body produced as it is read, so a test sees how much was pulled."""
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._pieces:
+            yield piece
 
 
 def make_client(handler: Handler, *, url: str = REGISTRY, credentials: bool = True) -> DistributionClient:
@@ -385,3 +400,293 @@ async def test_password_not_in_any_raised_error() -> None:
         assert_no_secret(str(error))
         assert_no_secret(repr(error))
         assert_no_secret(repr(vars(error)))
+
+
+# -- only the registry's own challenge counts -------------------------------------------------
+
+
+class Hosts:
+    """Several hosts behind one MockTransport, each answering through its own handler; every
+    request is recorded as (host, method, path, Authorization) when it arrives."""
+
+    def __init__(self, **handlers: Handler) -> None:
+        self.handlers = {host.replace("_", "."): h for host, h in handlers.items()}
+        self.log: list[tuple[str, str, str, str | None]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.netloc.decode()
+        self.log.append((host, request.method, request.url.path, request.headers.get("Authorization")))
+        return self.handlers[host](request)
+
+    def seen_by(self, host: str) -> list[tuple[str, str, str | None]]:
+        return [(m, p, a) for h, m, p, a in self.log if h == host]
+
+
+def bearer_registry(realm: str, *, redirect_to: str = "", upload_to: str = "") -> Handler:
+    """A registry wanting ``Bearer tok`` from ``realm``; blob GETs redirect to ``redirect_to``,
+    upload POSTs answer with a Location on ``upload_to``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") != "Bearer tok":
+            return reply(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
+        if request.method == "POST":
+            return reply(202, headers={"Location": f"{upload_to}/upload/1?_state=s"})
+        if "/blobs/" in request.url.path:
+            return reply(307, headers={"Location": f"{redirect_to}/blob/1"})
+        return reply(200, body={"name": "a/b", "tags": ["v1"]})
+
+    return handle
+
+
+def token_service(request: httpx.Request) -> httpx.Response:
+    return reply(200, body={"token": "tok", "expires_in": 300})
+
+
+def stranger_asking_for(realm: str, scheme: str = "Bearer") -> Handler:
+    """Object storage (or anyone a registry redirects to) that answers 401 naming ``realm``."""
+    challenge = f'{scheme} realm="{realm}",service="evil"' if scheme == "Bearer" else 'Basic realm="evil"'
+    return lambda request: reply(401, headers={"WWW-Authenticate": challenge},
+                                 body={"errors": [{"code": "UNAUTHORIZED", "message": "who are you"}]})
+
+
+async def test_a_401_from_the_host_a_blob_was_redirected_to_is_not_answered() -> None:
+    # The registry redirects a blob to storage.example, whose 401 names a realm on evil.example:
+    # evil.example must receive nothing, and the realm must not be adopted.
+    hosts = Hosts(reg_example=bearer_registry(REALM, redirect_to="http://storage.example"),
+                  auth_example=token_service,
+                  storage_example=stranger_asking_for("http://evil.example/token"),
+                  evil_example=token_service)
+    async with make_client(hosts) as client:
+        await client.list_tags("a/b")  # the registry's realm is known, the pull token cached
+        with pytest.raises(AuthenticationError) as info:
+            async with client.open_blob("a/b", BLOB):
+                pass
+        assert client.auth.token_fetches == 1
+        assert await client.list_tags("c/d") == ["v1"]  # later fetches still go to the registry's realm
+
+    assert info.value.status == 401
+    assert "storage.example" in str(info.value)
+    assert_no_secret(str(info.value))
+    assert hosts.seen_by("evil.example") == []
+    assert [auth for _, _, auth in hosts.seen_by("storage.example")] == [None]
+    assert [auth for _, _, auth in hosts.seen_by("auth.example")] == [BASIC_CREDENTIALS, BASIC_CREDENTIALS]
+    assert [auth for _, _, auth in hosts.seen_by("reg.example")] == [None, "Bearer tok", "Bearer tok",
+                                                                     "Bearer tok"]
+
+
+async def test_a_basic_challenge_from_a_redirect_target_does_not_switch_to_basic() -> None:
+    # Blobs are public (redirected without asking), tags need a token: storage's Basic
+    # challenge, met before the registry ever asked for anything, must not turn Basic on.
+    tokens = bearer_registry(REALM)
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if "/blobs/" in request.url.path:
+            return reply(307, headers={"Location": "http://storage.example/blob/1"})
+        return tokens(request)
+
+    hosts = Hosts(reg_example=registry, auth_example=token_service,
+                  storage_example=stranger_asking_for("", "Basic"))
+    async with make_client(hosts) as client:
+        with pytest.raises(AuthenticationError):
+            async with client.open_blob("a/b", BLOB):
+                pass
+        assert await client.list_tags("a/b") == ["v1"]
+
+    # Basic never went anywhere but to the token service the registry named.
+    assert [h for h, _, _, auth in hosts.log if auth == BASIC_CREDENTIALS] == ["auth.example"]
+    assert [auth for _, _, auth in hosts.seen_by("storage.example")] == [None]
+    assert [auth for _, _, auth in hosts.seen_by("reg.example")] == [None, None, "Bearer tok"]
+
+
+async def test_a_redirect_target_cannot_replace_an_adopted_realm() -> None:
+    hosts = Hosts(reg_example=bearer_registry(REALM, redirect_to="http://storage.example"),
+                  auth_example=token_service,
+                  storage_example=stranger_asking_for("http://evil.example/token"),
+                  evil_example=token_service)
+    async with make_client(hosts) as client:
+        await client.list_tags("a/b")  # adopts auth.example
+        with pytest.raises(AuthenticationError):
+            async with client.open_blob("c/d", BLOB):
+                pass
+        await client.list_tags("e/f")
+
+    assert hosts.seen_by("evil.example") == []
+    assert len(hosts.seen_by("auth.example")) == 3  # a/b, c/d (up front), e/f
+
+
+async def test_https_registry_naming_an_http_realm_is_refused_before_any_credential_is_sent() -> None:
+    hosts = Hosts(reg_example=bearer_registry("http://auth.example/token"), auth_example=token_service)
+    for credentials in (True, False):
+        async with make_client(hosts, url="https://reg.example", credentials=credentials) as client:
+            with pytest.raises(AuthenticationError) as info:
+                await client.list_tags("a/b")
+            assert client.auth.token_fetches == 0
+        message = str(info.value)
+        assert "reg.example" in message and "plain http" in message and "\n" not in message
+        assert not info.value.transient
+
+    assert hosts.seen_by("auth.example") == []
+    assert {auth for _, _, auth in hosts.seen_by("reg.example")} == {None}
+
+
+async def test_https_registry_may_name_an_https_realm_on_another_host() -> None:
+    hosts = Hosts(reg_example=bearer_registry("https://auth.example/token"), auth_example=token_service)
+    async with make_client(hosts, url="https://reg.example") as client:
+        assert await client.list_tags("a/b") == ["v1"]
+
+    assert [auth for _, _, auth in hosts.seen_by("auth.example")] == [BASIC_CREDENTIALS]
+    assert [auth for _, _, auth in hosts.seen_by("reg.example")] == [None, "Bearer tok"]
+    assert all(h.startswith(("reg.", "auth.")) for h, _, _, _ in hosts.log)
+
+
+@pytest.mark.parametrize(
+    ("realm", "scheme", "refused"),
+    [
+        ("https://auth.example/token", "https", None),
+        ("http://auth.example/token", "http", None),
+        ("https://auth.example/token", "http", None),
+        ("http://auth.example/token", "https", "plain http (auth.example)"),
+        ("HTTP://reg.example/token", "https", "plain http (reg.example)"),  # same host, still cleartext
+        ("ftp://auth.example/token", "http", "not an http(s) URL"),
+        ("/token", "https", "not an http(s) URL"),
+        ("https://user:pw@auth.example/token", "https", "carries credentials"),
+    ],
+)
+def test_realm_refusal(realm: str, scheme: str, refused: str | None) -> None:
+    reason = auth_module.realm_refusal(realm, scheme)
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and refused in reason
+
+
+@pytest.mark.parametrize(
+    ("registry", "url", "home"),
+    [
+        ("https://reg.example", "https://reg.example/v2/", True),
+        ("https://reg.example", "https://REG.example:443/v2/", True),
+        ("https://reg.example/prefix", "https://reg.example/other", True),
+        ("https://reg.example", "http://reg.example/v2/", False),  # same host, default port: cleartext
+        ("https://reg.example", "https://reg.example:5000/v2/", False),
+        ("http://reg.example:5000", "https://reg.example:5000/v2/", False),
+        ("https://reg.example", "https://storage.example/v2/", False),
+        ("reg.example:5000", "http://reg.example:5000/v2/", True),  # bare host[:port]: any scheme
+        ("reg.example:5000", "https://reg.example/v2/", False),
+    ],
+)
+def test_origin_holds(registry: str, url: str, home: bool) -> None:
+    assert auth_module.Origin.of(registry).holds(httpx.URL(url)) is home
+
+
+async def test_upload_location_on_the_registry_host_over_http_gets_no_credentials() -> None:
+    # An https registry handing out an http:// upload Location on its own host and default
+    # port: the same host[:port], another origin. Credentials stay on https.
+    hosts = Hosts(reg_example=bearer_registry("https://auth.example/token",
+                                              upload_to="http://reg.example"),
+                  auth_example=token_service)
+    transport = httpx.MockTransport(hosts)
+    async with httpx.AsyncClient(transport=transport) as token_http, httpx.AsyncClient(
+        transport=transport, follow_redirects=True,
+        auth=auth_module.RegistryAuth("https://reg.example", USER, SecretStr(PASSWORD),
+                                      token_client=token_http),
+    ) as http:
+        scopes = {auth_module.SCOPES_EXTENSION: ("repository:a/b:pull,push",)}
+        started = await http.post("https://reg.example/v2/a/b/blobs/uploads/", extensions=scopes)
+        location = started.headers["Location"]
+        await http.put(location, content=b"blob", extensions=scopes)
+
+    assert started.status_code == 202
+    assert location.startswith("http://reg.example/")
+    assert hosts.seen_by("reg.example") == [("POST", "/v2/a/b/blobs/uploads/", None),
+                                            ("POST", "/v2/a/b/blobs/uploads/", "Bearer tok"),
+                                            ("PUT", "/upload/1", None)]
+
+
+async def test_token_answer_is_capped_while_it_is_read() -> None:
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        for i in range(10_000):  # 10 MiB if read to the end
+            pulled.append(i)
+            yield b" " * 1024
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, stream=AsyncByteStream(endless()))
+        return bearer_registry(REALM)(request)
+
+    async with make_client(handler) as client:
+        with pytest.raises(AnswerTooLargeError, match=r"auth\.example"):
+            await client.list_tags("a/b")
+
+    assert len(pulled) <= auth_module.MAX_TOKEN_RESPONSE_BYTES // 1024 + 2
+
+
+async def test_token_answer_declared_over_the_cap_is_refused_unread() -> None:
+    pulled: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        pulled.append(1)
+        yield b"{}"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            size = str(auth_module.MAX_TOKEN_RESPONSE_BYTES + 1)
+            return httpx.Response(200, headers={"Content-Length": size}, stream=AsyncByteStream(body()))
+        return bearer_registry(REALM)(request)
+
+    async with make_client(handler) as client:
+        with pytest.raises(AnswerTooLargeError):
+            await client.list_tags("a/b")
+
+    assert pulled == []
+
+
+async def test_a_new_realm_named_by_the_registry_drops_the_old_tokens() -> None:
+    realm = ["http://auth.example/token"]
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") != f"Bearer {realm[0]}":
+            return reply(401, headers={"WWW-Authenticate": f'Bearer realm="{realm[0]}",service="reg"'})
+        return reply(200, body={"name": "a/b", "tags": ["v1"]})
+
+    def tokens(request: httpx.Request) -> httpx.Response:
+        return reply(200, body={"token": str(request.url.copy_with(query=None)), "expires_in": 300})
+
+    hosts = Hosts(reg_example=registry, auth_example=tokens, auth2_example=tokens)
+    old, new = "Bearer http://auth.example/token", "Bearer http://auth2.example/token"
+    async with make_client(hosts) as client:
+        await client.list_tags("a/b")
+        await client.list_tags("c/d")
+        realm[0] = "http://auth2.example/token"
+        await client.list_tags("a/b")  # the old token is refused, the new realm adopted
+        await client.list_tags("c/d")  # its old token is gone too: fetched up front, no 401
+
+    assert [auth for _, _, auth in hosts.seen_by("reg.example")] == [None, old, old, old, new, new]
+    assert len(hosts.seen_by("auth.example")) == 2
+    assert len(hosts.seen_by("auth2.example")) == 2
+
+
+async def test_a_token_answer_that_never_ends_fails_by_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def short(deadline: float | None = None, *, what: str) -> AbstractAsyncContextManager[None]:
+        return bounded.within(0.2, what=what)
+
+    monkeypatch.setattr(auth_module, "within", short)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"tok'
+        await asyncio.sleep(3600)  # a token service that never sends the rest
+        yield b'en": "x"}'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, stream=AsyncByteStream(trickle()))
+        return bearer_registry(REALM)(request)
+
+    async with make_client(handler) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=r"token service auth\.example") as info:
+            await client.list_tags("a/b")
+
+    assert time.monotonic() - started < 5
+    assert info.value.transient
