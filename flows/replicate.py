@@ -12,18 +12,17 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.context import TaskRunContext
 from prefect.states import Cancelled, Completed, Failed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from adapters import Adapter
 from adapters.errors import ReplicationError, is_transient
-from flows import runtime
-from policies.home import regflow_home
+from flows import liveness, runtime
 from policies.models import Policy
+from policies.store import Store
 from tasks.bandwidth import Bandwidth
-from tasks.blobs import BlobCopier
+from tasks.blobs import BLOB_ATTEMPTS, BlobCopier
 from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
@@ -40,9 +39,13 @@ from tasks.verify import VerifyReport, verify_policy
 # once whatever the repositories; four lanes of up to TAG_CONCURRENCY tags keep them all busy
 # on the 2-core reference machine (six lanes were not faster).
 TRANSFER_CONCURRENCY = 4
-# Task-level attempts for transient failures (connection loss, 5xx, 429); blob-level retries
-# inside one attempt come first.
+# The task level of the retry table (docs/decisions.md): a transfer whose failures are all
+# transient runs again, up to this many more times, a few seconds apart; its blobs' own attempts
+# (BLOB_ATTEMPTS) come first, inside each run of it.
 TRANSFER_RETRIES = 2
+TRANSFER_BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, then 4 s (+ up to half, jitter)
+# The most times one blob is tried in one policy run: the two levels multiply, nothing else adds.
+MAX_ATTEMPTS_PER_BLOB = BLOB_ATTEMPTS * (1 + TRANSFER_RETRIES)
 
 
 @dataclass
@@ -65,11 +68,12 @@ class TransferIncomplete(ReplicationError):
 
 
 def _retry_transient(task: object, task_run: object, state: State) -> bool:
-    return is_transient(state.data) if isinstance(state.data, BaseException) else False
+    """Prefect's retry_condition_fn: the task level asks the same one rule as the blob level."""
+    return isinstance(state.data, BaseException) and is_transient(state.data)
 
 
 @task(name="transfer", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_jitter_factor=0.5,
+      retry_delay_seconds=TRANSFER_BACKOFF, retry_jitter_factor=0.5,
       retry_condition_fn=_retry_transient, cache_policy=NO_CACHE, persist_result=False)
 async def transfer(spec: TransferSpec) -> TransferResult:
     run = _RUN.get()
@@ -77,11 +81,10 @@ async def transfer(spec: TransferSpec) -> TransferResult:
 
 
 def _settle(result: TransferResult) -> TransferResult:
-    """A task with failed tags fails, as transient (Prefect retries it) while attempts remain."""
+    """A task with failed tags fails, transient when every failure was (Prefect then retries
+    it while it has retries left)."""
     if result.status == "Failed":
-        context = TaskRunContext.get()
-        last_attempt = context is None or context.task_run.run_count > TRANSFER_RETRIES
-        raise TransferIncomplete(result, transient=result.retryable and not last_attempt)
+        raise TransferIncomplete(result, transient=result.retryable)
     return result
 
 
@@ -92,6 +95,7 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
 
     ``resources`` narrows the run to what an event named; ``operation="delete"`` replicates a
     deletion (only for policies with replicate_deletion)."""
+    liveness.keep_alive()
     logger = get_run_logger()
     loaded = load_policy(policy)
     trigger = runtime.effective_trigger(trigger)
@@ -120,10 +124,11 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
 
 
 @task(name="delete", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
-      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_retry_transient,
+      retry_delay_seconds=TRANSFER_BACKOFF, retry_jitter_factor=0.5, retry_condition_fn=_retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 async def delete(spec: DeleteSpec) -> TransferResult:
-    return _settle(await delete_manifest(_RUN.get().target, spec))
+    run = _RUN.get()
+    return _settle(await delete_manifest(run.target, spec, source=run.source))
 
 
 async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -> Execution:
@@ -154,7 +159,9 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
     """Plans every repository and transfers those with work, each transfer starting as soon as
     its own repository's plan is known: planning the rest (a HEAD or two per tag) overlaps the
     copying instead of preceding it (~0.7 s of a 50-repository full copy)."""
-    sessions = UploadSessions(regflow_home() / "uploads.json", scope=target.client.host)
+    # Open chunked uploads are rows of the store, so any worker sharing it can continue them.
+    store = Store()
+    sessions = UploadSessions(target.client.endpoint.url, store)
     blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(policy.speed, stop),
                        mount_probe=target.info.supports_mount, sessions=sessions)
     _RUN.set(_Run(source, target, blobs))
@@ -211,6 +218,7 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
             waiting.put_nowait(None)
         await asyncio.gather(*lanes)
         await progress.flush()
+        store.close()
     return _Transferred(
         plan=Plan(repositories=[planned[i] for i in range(len(found))]),
         results={s.source_repository: results.get(s.source_repository, ReplicationError("not started"))

@@ -26,11 +26,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run
 
+from flows.liveness import crash_if_silent
 from tasks.stop import StopSignal
 from tasks.summary import Execution, human_bytes
 
@@ -41,6 +42,12 @@ CANCEL_POLL_SECONDS = 1.0
 # small registry falls over long before its network does. Created on first use; raise it with
 # `prefect gcl update registry-<host> --limit N`.
 REGISTRY_HOST_SLOTS = 8
+# A run renews its slots' lease while it lives; a killed run's slots come back once the lease
+# runs out (plus the server's 15 s sweep). The server's minimum: the shortest wait for them.
+REGISTRY_SLOT_LEASE_SECONDS = 60
+# Running executions of one policy read at once: single_active keeps it at one, more are
+# leftovers of dead processes, crashed a batch at a time.
+ACTIVE_RUNS_READ = 20
 
 # The tag that says how many transfer task runs the run started, ``task-runs:<n>``: readers of
 # the execution wait for the server to have recorded that many (flows/history.py). A tag, not
@@ -97,15 +104,18 @@ async def label_run(policy: str, trigger: str, event_id: str | None, task_runs: 
 
 
 async def active_run_of(policy: str) -> str | None:
-    """Another running execution of this policy, if any (single_active_replication)."""
+    """Another running execution of this policy, if any (single_active_replication). One whose
+    heartbeats stopped is marked Crashed on the way (flows/liveness.py) and does not count."""
     own = flow_run.id
     async with get_client() as client:
         runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
             tags=FlowRunFilterTags(all_=[policy_tag(policy)]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
-        ), limit=5)
-    others = [r for r in runs if str(r.id) != own]
-    return str(others[0].id) if others else None
+        ), limit=ACTIVE_RUNS_READ)
+        for run in runs:
+            if str(run.id) != own and not await crash_if_silent(client, run, seen_by=own):
+                return str(run.id)
+    return None
 
 
 @asynccontextmanager
@@ -155,7 +165,10 @@ async def ensure_registry_limits(*hosts: str) -> None:
 
 @asynccontextmanager
 async def registry_slots(*hosts: str) -> AsyncIterator[None]:
-    async with concurrency(sorted({_limit_name(h) for h in hosts}), occupy=1, strict=False):
+    run_id = flow_run.id
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
+    async with concurrency(sorted({_limit_name(h) for h in hosts}), occupy=1, strict=False,
+                           lease_duration=REGISTRY_SLOT_LEASE_SECONDS, holder=holder):
         yield
 
 

@@ -85,9 +85,23 @@ def _anchor_ca_paths(config: Config, base: Path) -> None:
         value = registry.ca_certificate
         if value is None or PEM_MARK in value:
             continue
-        ca_path = Path(value).expanduser()
-        if not ca_path.is_absolute():
-            ca_path = (base / ca_path).resolve()
-        if not ca_path.is_file():
-            raise ConfigError(f"{ca_path} is not a file", field=f"registries[{i}].ca_certificate")
+        field = f"registries[{i}].ca_certificate"
+        try:
+            ca_path = Path(value).expanduser()
+            if not ca_path.is_absolute():
+                ca_path = (base / ca_path).resolve()
+            is_file = ca_path.is_file()
+        except RuntimeError:  # expanduser: a ~user the system does not know
+            raise ConfigError(f"{_excerpt(value)}: no such user's home directory", field=field) from None
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"{_excerpt(value)} is not a usable path: {reason}", field=field) from None
+        if not is_file:
+            raise ConfigError(f"{_excerpt(str(ca_path))} is not a file", field=field)
         registry.ca_certificate = str(ca_path)
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    """A path as a message may show it: one line, and not a page long."""
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return repr(shown) if not shown.isprintable() else shown

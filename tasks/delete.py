@@ -1,19 +1,38 @@
-"""Deletion replicated from the source (event-based, ``replicate_deletion``): the target
-manifest is deleted by digest, since distribution refuses deletion by tag and copies are
-byte-exact, so the digest is the same on both sides."""
+"""Deletion replicated from the source (event-based, ``replicate_deletion``), exact: one event
+removes at most what the source lost, never a bystander.
+
+For a deleted tag: nothing happens while the source still has the tag (a late or replayed
+event). Otherwise the one tag goes, by OCI 1.1 tag deletion where the target does it. Where it
+deletes only by digest (CNCF distribution), the manifest goes only when no other tag of the
+repository still points at it or, through an index, contains it; else it stays and the outcome
+says why. For a manifest deleted by digest: it goes from the target unless the source still
+has it.
+"""
 
 from __future__ import annotations
+
+from typing import cast
 
 from pydantic import BaseModel
 
 from adapters import Adapter
-from adapters.errors import ConfigError, ReplicationError
+from adapters.distribution.client import DistributionClient
+from adapters.errors import ConfigError, RegistryError, ReplicationError
 from adapters.oci import Digest
+from adapters.oci.mediatypes import is_index
 from policies.filters import select_repositories, select_tags
 from policies.models import Policy
 from tasks.discover import Resource
 from tasks.models import TagOutcome, TransferResult
 from tasks.plan import target_name
+
+# Other tags read (a HEAD each, a GET for an index) before a manifest is deleted by digest: a
+# deletion must not cost a crawl of a huge repository. Past it the manifest stays, and the
+# outcome says so.
+MAX_TAGS_CHECKED = 500
+# Answers to a tag deletion that mean "not by tag here": distribution 2.x sends 400 or 405
+# (UNSUPPORTED); a 404 for a tag just seen is read the same way, never as "gone".
+TAG_DELETE_REFUSED = frozenset({400, 404, 405})
 
 
 class DeleteSpec(BaseModel):
@@ -40,23 +59,101 @@ def delete_specs(resources: list[Resource], policy: Policy, target: Adapter) -> 
     return specs
 
 
-async def delete_manifest(target: Adapter, spec: DeleteSpec) -> TransferResult:
+async def delete_manifest(target: Adapter, spec: DeleteSpec, source: Adapter | None = None) -> TransferResult:
+    """``source`` is asked first whether it still has what the event says it deleted; without
+    it (a caller that cannot reach the source) nothing is deleted."""
     label = spec.tag or str(spec.digest)
     result = TransferResult(source_repository=spec.source_repository,
                             target_repository=spec.target_repository)
     try:
-        digest = spec.digest
-        if digest is None and spec.tag is not None:
-            head = await target.client.head_manifest(spec.target_repository, spec.tag)
-            digest = head.digest if head is not None else None
-        if digest is None:
-            outcome = TagOutcome(tag=label, status="skipped", reason="not on target")
-        elif await target.client.delete_manifest(spec.target_repository, digest):
-            outcome = TagOutcome(tag=label, digest=digest, status="deleted", reason="deleted on source")
+        if source is None:
+            outcome = TagOutcome(tag=label, status="skipped",
+                                 reason="the source was not asked whether it still has it: nothing deleted")
+        elif spec.tag is not None:
+            outcome = await _delete_tag(source.client, target, spec, spec.tag)
+        elif spec.digest is not None:
+            outcome = await _delete_digest(source.client, target.client, spec, spec.digest)
         else:
-            outcome = TagOutcome(tag=label, digest=digest, status="skipped", reason="not on target")
+            outcome = TagOutcome(tag=label, status="skipped", reason="the event names no tag nor digest")
     except ReplicationError as exc:
         outcome = TagOutcome(tag=label, status="failed", reason=f"{type(exc).__name__}: {exc}",
                              transient=exc.transient)
     result.tags.append(outcome)
     return result
+
+
+async def _delete_tag(source: DistributionClient, target_adapter: Adapter, spec: DeleteSpec,
+                      tag: str) -> TagOutcome:
+    target = target_adapter.client
+    on_source = await source.head_manifest(spec.source_repository, tag)
+    if on_source is not None:
+        return TagOutcome(tag=tag, digest=on_source.digest, status="skipped",
+                          reason=f"the source still has {tag} (at {on_source.digest})")
+    on_target = await target.head_manifest(spec.target_repository, tag)
+    if on_target is None:
+        return TagOutcome(tag=tag, digest=spec.digest, status="skipped", reason="not on target")
+    digest = on_target.digest
+    if await _untag(target_adapter, spec.target_repository, tag):
+        return TagOutcome(tag=tag, digest=digest, status="deleted", reason="deleted on source")
+    sharing = await _other_references(target, spec.target_repository, tag, digest)
+    if sharing is None:
+        return TagOutcome(tag=tag, digest=digest, status="failed", reason=(
+            f"not deleted: {target.host} deletes only by digest, and the repository has more than "
+            f"{MAX_TAGS_CHECKED} other tags to check for {digest}"))
+    if sharing:
+        named = ", ".join(sharing[:5]) + (f" and {len(sharing) - 5} more" if len(sharing) > 5 else "")
+        return TagOutcome(tag=tag, digest=digest, status="skipped", reason=(
+            f"kept: {target.host} deletes only by digest, and {named} still use {digest}"))
+    if await target.delete_manifest(spec.target_repository, digest):
+        return TagOutcome(tag=tag, digest=digest, status="deleted",
+                          reason="deleted on source (its manifest, which no other tag uses)")
+    return TagOutcome(tag=tag, digest=digest, status="skipped", reason="not on target")
+
+
+async def _delete_digest(source: DistributionClient, target: DistributionClient, spec: DeleteSpec,
+                         digest: Digest) -> TagOutcome:
+    if await source.head_manifest(spec.source_repository, digest) is not None:
+        return TagOutcome(tag=str(digest), digest=digest, status="skipped",
+                          reason=f"the source still has {digest}")
+    if await target.delete_manifest(spec.target_repository, digest):
+        return TagOutcome(tag=str(digest), digest=digest, status="deleted", reason="deleted on source")
+    return TagOutcome(tag=str(digest), digest=digest, status="skipped", reason="not on target")
+
+
+async def _untag(target: Adapter, repository: str, tag: str) -> bool:
+    """Removes the tag alone, if the target can: through its vendor API where the adapter has
+    one (``delete_tag``), else by OCI 1.1 tag deletion (``DELETE /v2/<name>/manifests/<tag>``).
+    False when it deletes only by digest."""
+    delete_tag = getattr(target, "delete_tag", None) or getattr(target.client, "delete_tag", None)
+    try:
+        if delete_tag is not None:
+            deleted = bool(await delete_tag(repository, tag))
+        else:
+            # The same request as a deletion by digest, with the tag as its reference.
+            deleted = await target.client.delete_manifest(repository, cast(Digest, tag))
+    except RegistryError as exc:
+        if exc.status in TAG_DELETE_REFUSED or "UNSUPPORTED" in exc.codes:
+            return False
+        raise
+    return deleted
+
+
+async def _other_references(client: DistributionClient, repository: str, tag: str,
+                            digest: Digest) -> list[str] | None:
+    """The other tags that point at ``digest`` or at an index containing it; None when there
+    are more than MAX_TAGS_CHECKED to look at."""
+    others = [t for t in await client.list_tags(repository) if t != tag]
+    if len(others) > MAX_TAGS_CHECKED:
+        return None
+    sharing = []
+    for other in others:
+        head = await client.head_manifest(repository, other)
+        if head is None:
+            continue  # deleted meanwhile
+        if head.digest == digest:
+            sharing.append(other)
+        elif is_index(head.media_type):
+            index = await client.get_manifest(repository, str(head.digest))
+            if any(child.digest == digest for child in index.children):
+                sharing.append(f"{other} (an index holding it)")
+    return sharing

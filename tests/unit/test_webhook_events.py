@@ -388,3 +388,14 @@ def test_registry_event_validates_its_own_fields() -> None:
         RegistryEvent.model_validate(
             {"source": "s", "action": "delete", "repository": "a", "digest": "md5:00", "event_id": "e"}
         )
+
+
+@pytest.mark.parametrize(("kind", "payload"), [
+    ("distribution", DISTRIBUTION_ENVELOPE), ("harbor", HARBOR_PUSH), ("dockerhub", DOCKERHUB_PUSH),
+])
+def test_a_redelivered_body_has_the_same_event_ids(kind: str, payload: dict[str, Any]) -> None:
+    # The receiver's replay memory (deployments/replays.py) knows a redelivery by these ids alone.
+    first = [e.event_id for e in PARSERS[kind](body(payload), source="s")]
+    again = [e.event_id for e in PARSERS[kind](body(copy.deepcopy(payload)), source="s")]
+    assert first and first == again
+    assert len(set(first)) == len(first)  # and distinct events of one body never share one

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -13,7 +14,14 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from deployments.events import MAX_WEBHOOK_BODY_BYTES, RegistryEvent
-from deployments.receiver import SIGNATURE_HEADER, WebhookSource, create_receiver
+from deployments.receiver import (
+    SIGNATURE_HEADER,
+    SIGNATURE_TOLERANCE_SECONDS,
+    TIMESTAMP_HEADER,
+    WebhookSource,
+    create_receiver,
+)
+from deployments.replays import EventMemory
 from tests.unit.test_webhook_events import (
     DISTRIBUTION_ENVELOPE,
     DOCKERHUB_PUSH,
@@ -102,9 +110,20 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {SECRETS[name]}", **CONTENT_TYPE}
 
 
-def signed(payload: bytes, key: str = SECRETS["signed"]) -> dict[str, str]:
-    digest = hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
-    return {SIGNATURE_HEADER: f"sha256={digest}", **CONTENT_TYPE}
+def signed(payload: bytes, key: str = SECRETS["signed"], *, at: float | None = None,
+           sent_at: str | None = None) -> dict[str, str]:
+    """Headers of a signed delivery: signed at ``at`` (now), claiming ``sent_at`` (the same)."""
+    stamp = str(int(time.time() if at is None else at))
+    digest = hmac.new(key.encode(), stamp.encode() + b"." + payload, hashlib.sha256).hexdigest()
+    return {SIGNATURE_HEADER: f"sha256={digest}", TIMESTAMP_HEADER: sent_at or stamp, **CONTENT_TYPE}
+
+
+def renumbered(suffix: str) -> bytes:
+    """The distribution envelope with new event ids: another delivery, not a replay."""
+    envelope = json.loads(DIST_BODY)
+    for event in envelope["events"]:
+        event["id"] += suffix
+    return body(envelope)
 
 
 async def test_health(client: Client) -> None:
@@ -175,9 +194,18 @@ class TestAuthentication:
     async def test_hmac_signature(self, client: Client, submit: Recorder) -> None:
         response = await client.post("/webhooks/signed", content=DIST_BODY, headers=signed(DIST_BODY))
         assert response.status_code == 202
-        upper = {SIGNATURE_HEADER: signed(DIST_BODY)[SIGNATURE_HEADER].upper().replace("SHA256=", "sha256=")}
-        assert (await client.post("/webhooks/signed", content=DIST_BODY, headers=upper)).status_code == 202
+        other = renumbered("-2")
+        headers = signed(other)
+        headers[SIGNATURE_HEADER] = headers[SIGNATURE_HEADER].upper().replace("SHA256=", "sha256=")
+        assert (await client.post("/webhooks/signed", content=other, headers=headers)).status_code == 202
         assert len(submit.calls) == 2
+
+    @pytest.mark.parametrize("skew", [-SIGNATURE_TOLERANCE_SECONDS + 5, SIGNATURE_TOLERANCE_SECONDS - 5])
+    async def test_hmac_timestamp_within_the_tolerance(
+        self, client: Client, submit: Recorder, skew: int
+    ) -> None:
+        headers = signed(DIST_BODY, at=time.time() + skew)
+        assert (await client.post("/webhooks/signed", content=DIST_BODY, headers=headers)).status_code == 202
 
     @pytest.mark.parametrize("headers", [
         {},
@@ -189,6 +217,17 @@ class TestAuthentication:
         {SIGNATURE_HEADER: SECRETS["signed"]},
         # A bearer token is no signature.
         {"Authorization": f"Bearer {SECRETS['signed']}"},
+        # The timestamp: missing, malformed, too old, from the future, or not the one signed.
+        {SIGNATURE_HEADER: signed(DIST_BODY)[SIGNATURE_HEADER]},
+        signed(DIST_BODY, sent_at="yesterday"),
+        signed(DIST_BODY, sent_at="-1"),
+        signed(DIST_BODY, sent_at="9" * 40),
+        signed(DIST_BODY, at=time.time() - SIGNATURE_TOLERANCE_SECONDS - 60),
+        signed(DIST_BODY, at=time.time() + SIGNATURE_TOLERANCE_SECONDS + 60),
+        signed(DIST_BODY, at=time.time() - 60, sent_at=str(int(time.time()))),
+        # The body alone signed, as before timestamps: refused, the signature could be replayed.
+        {SIGNATURE_HEADER: "sha256=" + hmac.new(SECRETS["signed"].encode(), DIST_BODY, "sha256").hexdigest(),
+         TIMESTAMP_HEADER: str(int(time.time()))},
     ])
     async def test_hmac_refusals(self, client: Client, submit: Recorder, headers: dict[str, str]) -> None:
         response = await client.post("/webhooks/signed", content=DIST_BODY, headers=headers)
@@ -205,7 +244,7 @@ class TestAccepted:
     async def test_distribution(self, client: Client, submit: Recorder) -> None:
         response = await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
         assert response.status_code == 202
-        assert response.json() == {"accepted": 3, "runs": 1, "dropped": 0}
+        assert response.json() == {"accepted": 3, "runs": 1, "dropped": 0, "replayed": 0}
         [events] = submit.calls
         assert [(e.source, e.action, e.tag, e.digest) for e in events] == [
             ("local", "push", "1.4.2", INDEX_DIGEST),
@@ -218,7 +257,7 @@ class TestAccepted:
             "/webhooks/harbor-prod", content=body(HARBOR_PUSH), headers=bearer("harbor-prod")
         )
         assert response.status_code == 202
-        assert response.json() == {"accepted": 2, "runs": 1, "dropped": 0}
+        assert response.json() == {"accepted": 2, "runs": 1, "dropped": 0, "replayed": 0}
         [events] = submit.calls
         assert [(e.source, e.repository, e.tag) for e in events] == [
             ("harbor-prod", "library/web", "v1.2.0"),
@@ -228,7 +267,7 @@ class TestAccepted:
     async def test_docker_hub(self, client: Client, submit: Recorder) -> None:
         response = await client.post(f"/webhooks/hub?token={SECRETS['hub']}", content=body(DOCKERHUB_PUSH))
         assert response.status_code == 202
-        assert response.json() == {"accepted": 1, "runs": 1, "dropped": 0}
+        assert response.json() == {"accepted": 1, "runs": 1, "dropped": 0, "replayed": 0}
         [[event]] = submit.calls
         assert (event.source, event.repository, event.tag) == ("hub", "acme/api", "2025.04.1")
 
@@ -237,7 +276,7 @@ class TestAccepted:
         envelope = body({"events": events})
         response = await client.post("/webhooks/local", content=envelope, headers=bearer("local"))
         assert response.status_code == 202
-        assert response.json() == {"accepted": 0, "runs": 0, "dropped": 0}
+        assert response.json() == {"accepted": 0, "runs": 0, "dropped": 0, "replayed": 0}
         assert submit.calls == []
 
     async def test_dropped_entries_are_counted(self, client: Client, submit: Recorder) -> None:
@@ -245,7 +284,97 @@ class TestAccepted:
         bad["target"]["repository"] = "Bad/Name"
         envelope = {"events": [bad, DISTRIBUTION_ENVELOPE["events"][3]]}
         response = await client.post("/webhooks/local", content=body(envelope), headers=bearer("local"))
-        assert response.json() == {"accepted": 1, "runs": 1, "dropped": 1}
+        assert response.json() == {"accepted": 1, "runs": 1, "dropped": 1, "replayed": 0}
+
+
+class TestReplays:
+    async def test_a_bearer_delivery_played_again_is_answered_200_and_ignored(
+        self, client: Client, submit: Recorder
+    ) -> None:
+        first = await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        again = await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        assert first.status_code == 202
+        assert again.status_code == 200
+        assert again.json() == {"accepted": 0, "runs": 0, "dropped": 0, "replayed": 3}
+        assert len(submit.calls) == 1
+
+    async def test_only_new_events_of_a_body_are_submitted(self, client: Client, submit: Recorder) -> None:
+        await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        envelope = json.loads(DIST_BODY)
+        envelope["events"][3]["id"] = "ev-index-again"
+        response = await client.post("/webhooks/local", content=body(envelope), headers=bearer("local"))
+        assert response.status_code == 202
+        assert response.json() == {"accepted": 1, "runs": 1, "dropped": 0, "replayed": 2}
+        assert [e.event_id for e in submit.calls[1]] == ["ev-index-again"]
+
+    async def test_an_id_twice_in_one_body_counts_once(self, client: Client, submit: Recorder) -> None:
+        envelope = json.loads(DIST_BODY)
+        envelope["events"].append(envelope["events"][3])
+        response = await client.post("/webhooks/local", content=body(envelope), headers=bearer("local"))
+        assert response.json() == {"accepted": 3, "runs": 1, "dropped": 0, "replayed": 1}
+
+    async def test_ids_are_remembered_per_source(self, client: Client, submit: Recorder) -> None:
+        await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        response = await client.post("/webhooks/signed", content=DIST_BODY, headers=signed(DIST_BODY))
+        assert response.status_code == 202
+        assert len(submit.calls) == 2
+
+    async def test_a_signed_delivery_played_again_is_ignored_then_refused(self, submit: Recorder) -> None:
+        now = [time.time()]
+        app = create_receiver(SOURCES.get, submit, clock=lambda: now[0])
+        headers = signed(DIST_BODY, at=now[0])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as http:
+            async def deliver() -> int:
+                return (await http.post("/webhooks/signed", content=DIST_BODY, headers=headers)).status_code
+
+            assert await deliver() == 202
+            assert await deliver() == 200
+            now[0] += SIGNATURE_TOLERANCE_SECONDS + 1
+            assert await deliver() == 401
+        assert len(submit.calls) == 1
+
+    async def test_a_failed_start_leaves_the_events_unseen(self, client: Client, submit: Recorder) -> None:
+        submit.fail = True
+        refused = await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        assert refused.status_code == 503
+        submit.fail = False
+        response = await client.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+        assert response.status_code == 202
+        assert len(submit.calls) == 1
+
+    async def test_ids_are_forgotten_after_the_window(self, submit: Recorder) -> None:
+        now = [0.0]
+        memory = EventMemory(window=60, clock=lambda: now[0])
+        app = create_receiver(SOURCES.get, submit, memory=memory)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as http:
+            async def deliver() -> int:
+                response = await http.post("/webhooks/local", content=DIST_BODY, headers=bearer("local"))
+                return response.status_code
+
+            assert await deliver() == 202
+            now[0] = 59
+            assert await deliver() == 200
+            now[0] = 61
+            assert await deliver() == 202
+        assert len(submit.calls) == 2
+
+
+class TestEventMemory:
+    def test_bounded_oldest_forgotten_first(self) -> None:
+        memory = EventMemory(window=3600, capacity=3, clock=lambda: 0.0)
+        assert memory.claim([("s", str(i)) for i in range(5)]) == [("s", str(i)) for i in range(5)]
+        assert len(memory) == 3
+        assert memory.claim([("s", "0"), ("s", "4")]) == [("s", "0")]
+
+    def test_expired_ids_leave(self) -> None:
+        now = [0.0]
+        memory = EventMemory(window=10, capacity=100, clock=lambda: now[0])
+        memory.claim([("s", "a")])
+        now[0] = 5
+        memory.claim([("s", "b")])
+        now[0] = 12
+        assert memory.claim([]) == []
+        assert len(memory) == 1
 
 
 class TestRefused:
