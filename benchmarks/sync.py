@@ -11,7 +11,7 @@ Needs the Debian packages docker-registry, skopeo and time (GNU time measures ea
 What one invocation does:
   1. starts a source registry (anonymous, access log on) and seeds it once with a deterministic
      corpus (benchmarks/corpus.py: the shapes of /work/shared/bench/BASELINE.md);
-  2. starts one local Prefect server (deployments.processes.LocalPrefectServer), as ``regflow
+  2. starts one local Prefect server (flows.prefect_server.LocalPrefectServer), as ``regflow
      serve`` users have, and keeps one REGFLOW_HOME for the whole invocation, so that the
      embedded Prefect database is warm after the first (untimed) warm-up run;
   3. ``--pairs`` times, for each tool in turn (the order rotates each pair): a full copy into a
@@ -65,9 +65,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks import corpus
-from deployments import resident
-from deployments.processes import LocalPrefectServer
-from regflow_cli import warm
+from flows import prefect_server
+from flows.prefect_server import LocalPrefectServer
 from tests.support.registry import RegistryProcess, free_port
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -290,7 +289,8 @@ class Bench:
         """Start the Prefect server in the background (it takes 12+ s); ``server_ready`` waits."""
         if "regflow-server" not in self.tools:
             return
-        self.server = LocalPrefectServer(self.workdir / "prefect-server", free_port())
+        home = self.workdir / "prefect-server"
+        self.server = LocalPrefectServer(home, free_port(), auth=prefect_server.auth_string(home))
 
         def start() -> None:
             assert self.server is not None
@@ -309,20 +309,13 @@ class Bench:
             if self._server_error is not None:
                 raise RuntimeError(f"local Prefect server failed: {self._server_error}")
 
-    def warm_calls(self) -> list[dict[str, float]]:
-        """Every call the warm processes under this home ran (regflow_cli/warm.py), in order."""
-        calls = [json.loads(line) for path in (self.home / "warm").glob("*.runs")
-                 for line in path.read_text().splitlines() if line.strip()]
-        return sorted(calls, key=lambda c: c["at"])
-
     def resident_pid(self) -> int | None:
-        info = resident.read_info(self.home / "prefect")
+        info = prefect_server.read_info(self.home / "prefect")
         return info.pid if info is not None else None
 
     def close(self) -> None:
-        warm.stop(self.home)  # the warm regflow processes the runs started: ours to end
-        if (info := resident.read_info(self.home / "prefect")) is not None:
-            resident.stop(info)  # the embedded runs' resident server: ours to end
+        if (info := prefect_server.read_info(self.home / "prefect")) is not None:
+            prefect_server.stop(info)  # the embedded runs' resident server: ours to end
         if self._server_thread is not None:
             self._server_thread.join()
         if self.server is not None:
@@ -350,7 +343,7 @@ class Bench:
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = EPHEMERAL_STARTUP_TIMEOUT
         if tool == "regflow-server":
             assert self.server is not None
-            env["PREFECT_API_URL"] = self.server.api_url
+            env.update(prefect_server.client_environment(self.server.api_url, self.server.auth))
             env["PREFECT_HOME"] = str(self.workdir / "cli-prefect-home")
             env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
             env["DO_NOT_TRACK"] = "1"
@@ -423,16 +416,7 @@ class Bench:
         server_pid = self.resident_pid() if tool == "regflow-embedded" else self.server_pid
         src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(server_pid)
         load = load1()
-        calls_before = len(self.warm_calls())
         m = run_measured(commands, env, self.log)
-        # A call the warm process ran happened in its fork, outside the command's own tree:
-        # count the fork's CPU and peak RSS as the copier's (its record is written before the
-        # command exits).
-        forked = self.warm_calls()[calls_before:]
-        if forked:
-            m.cpu += sum(c["cpu_s"] for c in forked)
-            m.rss_mib = max([m.rss_mib, *(c["max_rss_kib"] / 1024 for c in forked)])
-            m.tree_rss_mib += max(c["max_rss_kib"] / 1024 for c in forked)
         src_cpu, dst_cpu = tree_cpu(self.src.pid) - src0, tree_cpu(dst.pid) - dst0
         if tool == "regflow-embedded":
             server_pid = self.resident_pid()

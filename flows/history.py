@@ -33,7 +33,7 @@ from flows.runtime import TASK_RUNS_TAG, policy_tag
 # How long a reader of an execution that ended this recently waits for the server to record
 # its task runs (they arrive as events; the server writes them in batches every second).
 RECORD_WAIT_SECONDS = 60.0
-# The server records task runs in batches every second (deployments.processes.SERVER_TUNING).
+# The server records task runs in batches every second (flows.prefect_server.SERVER_TUNING).
 RECORD_POLL_SECONDS = 0.25
 
 

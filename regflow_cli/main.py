@@ -34,21 +34,10 @@ policy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=Fal
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 
-out: Console
-err: Console
-
-
-def bind_streams() -> None:
-    """Consoles for this process's stdout and stderr. Called at import, and again in a warm
-    process's fork (regflow_cli/warm.py), which imported this module on other streams."""
-    global out, err
-    # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-    width = None if sys.stdout.isatty() else 160
-    out = Console(width=width)
-    err = Console(stderr=True, width=width)
-
-
-bind_streams()
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -313,38 +302,36 @@ def executions(
 def serve(
     webhook_host: Annotated[str, typer.Option(help="address the webhook receiver binds")] = "127.0.0.1",
     webhook_port: Annotated[int, typer.Option(help="port of the webhook receiver")] = 8787,
-    prefect_port: Annotated[int, typer.Option(help="port of the local Prefect server")] = 4200,
+    prefect_port: Annotated[int, typer.Option(help="port of the local Prefect server, if serve "
+                                              "starts it")] = 4200,
 ) -> None:
     """Serve every policy: deployments kept current, a worker running them, webhooks received.
 
-    Uses PREFECT_API_URL when set; otherwise starts and supervises a local Prefect server
-    (SQLite under REGFLOW_HOME, bound to 127.0.0.1) whose UI shows every execution."""
+    Uses PREFECT_API_URL when set; otherwise regflow's local Prefect server (SQLite under
+    REGFLOW_HOME, bound to 127.0.0.1, the one CLI calls use), started if none runs and kept
+    for as long as serve runs. Its UI shows every execution and asks for the auth string in
+    REGFLOW_HOME/prefect/api-auth."""
     import os
     import signal
-
-    from deployments.processes import LocalPrefectServer
-    from policies.home import regflow_home
 
     def terminate(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
-    # Until the service's loop takes over SIGTERM, it must still unwind through `finally`: the
-    # server runs in a session of its own and would outlive us.
+    # Until the service's loop takes over SIGTERM, a SIGTERM must still unwind normally.
     signal.signal(signal.SIGTERM, terminate)
-    server = None
-    try:
-        if not os.environ.get("PREFECT_API_URL"):
-            server = LocalPrefectServer(regflow_home() / "prefect-server", prefect_port)
-            err.print(f"starting a local Prefect server on {server.url} ...")
-            server.start()
-            os.environ["PREFECT_API_URL"] = server.api_url
-            err.print(f"Prefect UI: {server.url}")
-        from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
-        asyncio.run(Service(webhook_host, webhook_port).run())
-    finally:
-        if server is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut stop() short
-            server.stop()
+    if not os.environ.get("PREFECT_API_URL"):
+        from flows import embedded
+        from flows.prefect_server import AUTH_FILE
+        err.print(f"local Prefect server (starting it on port {prefect_port} if none runs) ...")
+        with _user_errors():
+            try:
+                url = embedded.configure_for_serve(prefect_port)
+            except RuntimeError as exc:
+                _fail(str(exc), EXIT_FAILED)
+        err.print(f"Prefect UI: {url} (log in with the contents of "
+                  f"{embedded.prefect_home() / AUTH_FILE})", highlight=False)
+    from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
+    asyncio.run(Service(webhook_host, webhook_port).run())
 
 
 def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> None:

@@ -14,13 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deployments import resident
-from regflow_cli import warm
+from flows import prefect_server
 from tests.support.corpus import CorpusBuilder, ImageKind
 from tests.support.registry import RegistryProcess
 from tests.support.skopeo import inspect_raw_digest
 
 HOME = Path(__file__).resolve().parent.parent / ".regflow-demo"
+# The installed console script, as a user runs it.
+_SCRIPT = Path(sys.executable).with_name("regflow")
+REGFLOW = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "regflow_cli.main"]
 
 CONFIG = """\
 version: 1
@@ -48,8 +50,7 @@ policies:
 
 def regflow(*args: str, env: dict[str, str]) -> int:
     print(f"\n$ regflow {' '.join(args)}", flush=True)
-    # The installed command's entry point: the second replicate runs in the warm process.
-    return subprocess.run([sys.executable, "-m", "regflow_cli.launch", *args], env=env).returncode
+    return subprocess.run([*REGFLOW, *args], env=env).returncode
 
 
 def main() -> int:
@@ -82,12 +83,10 @@ def main() -> int:
             got = inspect_raw_digest(dst.ref(repo, tag))
             ok &= got == digest
             print(f"  {repo}:{tag} {'ok' if got == digest else 'MISMATCH'} {got}")
-    # The regflow calls above shared one resident Prefect server (and repeated replicate calls
-    # a warm regflow process); the demo started them, so it ends them instead of leaving them
-    # for their idle time.
-    warm.stop(HOME)
-    if (info := resident.read_info(HOME / "prefect")) is not None:
-        resident.stop(info)
+    # The regflow calls above shared one local Prefect server; the demo started it, so it ends
+    # it instead of leaving it for its idle time.
+    if (info := prefect_server.read_info(HOME / "prefect")) is not None:
+        prefect_server.stop(info)
     print(f"\nstate kept in {HOME} (REGFLOW_HOME); registries and the local Prefect server stopped.")
     return 0 if ok and not any(codes) else 1
 

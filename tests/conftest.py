@@ -174,7 +174,6 @@ def prefect_server() -> Iterator[PrefectServer]:
 
 @pytest.fixture(autouse=True)
 def _no_resident_servers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Each test ends the resident Prefect servers and warm regflow processes its `regflow` calls
-    started."""
+    """Each test ends the resident Prefect servers its `regflow` calls started."""
     yield
     stop_watchers_under(tmp_path_factory.getbasetemp())

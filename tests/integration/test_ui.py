@@ -1,7 +1,8 @@
 """Acceptance test of the Prefect UI that `regflow serve` brings up: with no PREFECT_API_URL it
-starts a local Prefect server of its own, and a headless Chromium must find there the policy's
-deployment, a completed execution of it, and the execution's table artifact naming the
-repository it copied. Screenshots of each page land in ``test-artifacts/ui/``.
+starts regflow's local Prefect server, which refuses requests without its auth string; a
+headless Chromium logs in with that string and must find there the policy's deployment, a
+completed execution of it, and the execution's table artifact naming the repository it copied.
+Screenshots of each page land in ``test-artifacts/ui/``.
 
 Chromium and chromedriver are Debian's (``scripts/setup`` installs them); Selenium is given
 both paths, so selenium-manager never looks anything up or downloads anything.
@@ -10,6 +11,8 @@ both paths, so selenium-manager never looks anything up or downloads anything.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shutil
 import signal
@@ -34,10 +37,13 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from flows.prefect_server import AUTH_FILE
 from tests.support.corpus import ImageKind
 from tests.support.registry import free_port
+from tests.support.residents import alive
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -72,6 +78,9 @@ SERVER_UP_SECONDS = 150
 RUN_SECONDS = 180
 PAGE_SECONDS = 60
 STOP_SECONDS = 60
+# serve's server leaves once serve has ended: the watcher notices within 2 s, then gives the
+# server up to 20 s to stop.
+SERVER_GONE_SECONDS = 40
 
 T = TypeVar("T")
 
@@ -82,6 +91,7 @@ class Served:
     prefect_port: int
     webhook_port: int
     log_path: Path
+    home: Path
 
     @property
     def url(self) -> str:
@@ -90,6 +100,10 @@ class Served:
     @property
     def api_url(self) -> str:
         return f"{self.url}/api"
+
+    @property
+    def auth(self) -> str:
+        return (self.home / "prefect" / AUTH_FILE).read_text().strip()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -144,16 +158,17 @@ def served(make_registry, make_corpus, tmp_path: Path) -> Iterator[Served]:  # t
         proc = subprocess.Popen(
             [*cli, "serve", "--prefect-port", str(prefect_port), "--webhook-port", str(webhook_port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT)
-    service = Served(proc, prefect_port, webhook_port, log_path)
+    service = Served(proc, prefect_port, webhook_port, log_path, tmp_path / "home")
     try:
         yield service
     finally:
         service.stop()
-        server_log = tmp_path / "home" / "prefect-server" / "server.log"
+        server_log = tmp_path / "home" / "prefect" / "resident.log"
         print("--- serve log ---\n" + service.log()[-4000:])
         if server_log.exists():
             print("--- prefect server log ---\n" + server_log.read_text(errors="replace")[-3000:])
-        assert wait_port_closed(prefect_port), f"the Prefect server on :{prefect_port} outlived serve"
+        assert wait_port_closed(prefect_port, SERVER_GONE_SECONDS), \
+            f"the Prefect server on :{prefect_port} outlived serve"
 
 
 @pytest.fixture
@@ -191,10 +206,25 @@ def test_prefect_ui_shows_deployment_run_and_artifact(served: Served, browser: W
     started = time.monotonic()
     execution = asyncio.run(_run_policy_through_api(served))
     api_done = time.monotonic()
+    watcher = _watcher_pid(served)
+
+    # serve's server answers only with its auth string, which lives 0600 in REGFLOW_HOME.
+    auth_file = served.home / "prefect" / AUTH_FILE
+    assert auth_file.stat().st_mode & 0o077 == 0
+    query = f"{served.api_url}/block_documents/filter"
+    assert httpx.post(query, json={"include_secrets": True}, timeout=10).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"regflow:not-it").decode()}
+    assert httpx.post(query, json={}, headers=wrong, timeout=10).status_code == 401
+    right = {"Authorization": "Basic " + base64.b64encode(served.auth.encode()).decode()}
+    assert httpx.post(query, json={}, headers=right, timeout=10).status_code == 200
 
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     ui = UI(browser, served.url)
+
+    # The UI asks for the auth string first.
+    ui.open("/deployments")
+    ui.log_in(served.auth)
 
     # The policy is listed as a deployment (linked to its page) of the `replicate` flow.
     ui.open("/deployments")
@@ -232,7 +262,7 @@ def test_prefect_ui_shows_deployment_run_and_artifact(served: Served, browser: W
     assert browser.current_url == f"{served.url}/artifacts/artifact/{execution.artifact_id}"
     ui.screenshot("4-artifact")
 
-    for name in ("1-deployments", "2-flow-run", "3-flow-run-artifacts", "4-artifact"):
+    for name in ("0-login", "1-deployments", "2-flow-run", "3-flow-run-artifacts", "4-artifact"):
         png = SCREENSHOTS / f"{name}.png"
         assert png.is_file() and png.stat().st_size > 10_000, png
         assert png.read_bytes()[:8] == PNG_SIGNATURE, png
@@ -240,8 +270,14 @@ def test_prefect_ui_shows_deployment_run_and_artifact(served: Served, browser: W
 
     # Stopping serve stops the Prefect server it started, and the webhook receiver.
     assert served.stop() == 0, served.log()[-4000:]
-    assert wait_port_closed(served.prefect_port), "the Prefect server outlived `regflow serve`"
+    assert wait_port_closed(served.prefect_port, SERVER_GONE_SECONDS), \
+        "the Prefect server outlived `regflow serve`"
     assert wait_port_closed(served.webhook_port), "the webhook receiver outlived `regflow serve`"
+    deadline = time.monotonic() + SERVER_GONE_SECONDS
+    while alive(watcher) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(watcher), "the server's watcher outlived `regflow serve`"
+    assert not (served.home / "prefect" / "resident.json").exists()
     print(f"serve up + run completed {api_done - started:.1f}s, browser {ui_done - api_done:.1f}s, "
           f"shutdown {time.monotonic() - ui_done:.1f}s")
 
@@ -260,7 +296,7 @@ async def _run_policy_through_api(served: Served) -> Execution:
             return False
 
     await until(healthy, SERVER_UP_SECONDS, f"the Prefect server on :{served.prefect_port}")
-    async with PrefectClient(api=served.api_url) as client:
+    async with PrefectClient(api=served.api_url, auth_string=served.auth) as client:
 
         async def deployment() -> Any:
             try:
@@ -287,6 +323,12 @@ async def _run_policy_through_api(served: Served) -> Execution:
         return Execution(found.id, run.id, run.name, artifacts[0].id)
 
 
+def _watcher_pid(served: Served) -> int:
+    info = json.loads((served.home / "prefect" / "resident.json").read_text())
+    assert info["api_url"] == served.api_url, info  # serve started the server on its port
+    return int(info["pid"])
+
+
 class UI:
     """The Prefect UI in the browser: a single-page app, so every check waits for the DOM."""
 
@@ -296,6 +338,15 @@ class UI:
 
     def open(self, path: str) -> None:
         self.driver.get(self.base_url + path)
+
+    def log_in(self, auth: str) -> None:
+        """The login form of a server with an auth string: one password field (user:password)."""
+        field = self.wait_for_element(By.CSS_SELECTOR, "input[type='password']", "the login form")
+        self.screenshot("0-login")
+        field.send_keys(auth, Keys.ENTER)
+        self._wait(lambda d: not any(e.is_displayed() for e in
+                                     d.find_elements(By.CSS_SELECTOR, "input[type='password']")),
+                   "the UI past its login form")
 
     def _wait(self, condition: Callable[[WebDriver], T], what: str) -> T:
         try:

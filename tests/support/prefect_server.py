@@ -1,4 +1,6 @@
-"""A real Prefect server for tests: the same one `regflow serve` supervises, on a free port."""
+"""A real Prefect server for tests: the same one regflow starts (flows/prefect_server.py), on a
+free port. It runs without an auth string, as a user's own server may: tests that need auth
+start regflow's own server (test_resident.py, test_ui.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from prefect.client.orchestration import PrefectClient
 
-from deployments.processes import LocalPrefectServer
+from flows.prefect_server import LocalPrefectServer
 from tests.support.registry import free_port
 
 

@@ -1,10 +1,9 @@
-"""Resident Prefect servers (deployments/resident.py) and warm regflow processes
-(regflow_cli/warm.py) that a test's `regflow` calls started.
+"""Resident Prefect servers (flows/prefect_server.py) that a test's `regflow` calls started.
 
-Both outlive the CLI call that started them, by design; a test suite must not leave one per
-test running for ten idle minutes. After each test the ones whose home lies under
-pytest's base temporary directory (so: started by this session's tests) are asked to stop, by
-their PID, and waited for.
+They outlive the CLI call that started them, by design; a test suite must not leave one per
+test running for ten idle minutes. After each test the ones whose home lies under pytest's base
+temporary directory (so: started by this session's tests) are asked to stop, by their PID, and
+waited for.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ import signal
 import time
 from pathlib import Path
 
-_LONG_LIVED = {"deployments.resident", "regflow_cli.warm_process"}
-# A watcher gives its server 20 s to stop (deployments.processes.STOP_GRACE_SECONDS).
-STOP_WAIT_SECONDS = 30.0
+from flows.prefect_server import CHECK_SECONDS, STOP_GRACE_SECONDS
+
+_WATCHER = "flows.prefect_server"
+STOP_WAIT_SECONDS = STOP_GRACE_SECONDS + 2 * CHECK_SECONDS + 5
 
 
 def watchers_under(base: Path) -> list[int]:
@@ -28,7 +28,7 @@ def watchers_under(base: Path) -> list[int]:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue  # ended meanwhile
-        if not _LONG_LIVED.intersection(args) or "--home" not in args:
+        if _WATCHER not in args or "--home" not in args:
             continue
         home = Path(args[args.index("--home") + 1])
         if home.is_relative_to(base):

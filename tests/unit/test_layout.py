@@ -36,7 +36,7 @@ def test_adapter_registry_is_explicit_and_refuses_unknown_types():
 
 def test_prefect_server_flush_intervals_are_whole_seconds_of_at_least_one():
     # Prefect truncates them to int; 0 (e.g. from "0.5") makes its recorder and persister spin.
-    from deployments.processes import SERVER_TUNING
+    from flows.prefect_server import SERVER_TUNING
 
     intervals = {k: v for k, v in SERVER_TUNING.items() if k.endswith("_FLUSH_INTERVAL")}
     assert len(intervals) == 2
