@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters.errors import ConfigError, ReplicationError
+from regflow_cli import failures
 
 # Tracebacks never print local variables: they may hold credentials.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -170,6 +172,7 @@ def replicate(
 def _run_flow(policy: str, quiet: bool) -> Any:
     from flows.replicate import replicate as replicate_flow
     from tasks.summary import Execution
+    failures.quiet_console_tracebacks()
 
     async def run() -> Execution:
         state = await replicate_flow(policy=policy, trigger="manual", return_state=True)
@@ -334,8 +337,26 @@ def serve(
     asyncio.run(Service(webhook_host, webhook_port).run())
 
 
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help=f"tracebacks for expected failures too (or {failures.DEBUG_ENV}=1)")] = False,
+             ) -> None:
+    if debug:
+        os.environ[failures.DEBUG_ENV] = "1"
+
+
 def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> None:
-    entry(args=argv if argv is not None else sys.argv[1:])
+    """The console script: an expected failure (registry unreachable or refusing, TLS, auth,
+    an HTTP error, bad input) is one line and exit 1 or 2, in every command."""
+    try:
+        entry(args=argv if argv is not None else sys.argv[1:])
+    except Exception as exc:
+        code = failures.expected_exit_code(exc)
+        if code is None or failures.debugging():
+            raise
+        err.print(f"[red]error:[/red] {failures.one_line(exc)}", highlight=False, markup=True,
+                  soft_wrap=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":
