@@ -41,6 +41,7 @@ from adapters.distribution.client import (
 )
 from adapters.endpoint import Endpoint
 from adapters.errors import (
+    AnswerTooLargeError,
     ConfigError,
     ContentError,
     DigestMismatchError,
@@ -285,10 +286,9 @@ class ChartMuseumClient(DistributionClient):
         """The .prov's digest and size, or None: unsigned charts have none and ChartMuseum
         answers 404."""
         try:
-            response = await self._send("GET", path, scopes=(), ok=(200,), stream=True)
+            data = await self._capped(path, MAX_PROV_BYTES, f"provenance file {path}")
         except NotFoundError:
             return None
-        data = await _read_capped(response, MAX_PROV_BYTES, f"provenance file {path}")
         return ChartFile(digest=Digest.of(data), size=len(data))
 
     async def _blob_source(self, chart: str, digest: Digest) -> _BlobSource:
@@ -305,8 +305,16 @@ class ChartMuseumClient(DistributionClient):
     # -- plumbing ----------------------------------------------------------------------------
 
     async def _json(self, path: str, limit: int, what: str) -> bytes:
-        response = await self._send("GET", path, scopes=(), ok=(200,), stream=True)
-        return await _read_capped(response, limit, f"{what} of {self.host}")
+        return await self._capped(path, limit, f"{what} of {self.host}")
+
+    async def _capped(self, path: str, limit: int, what: str) -> bytes:
+        """A GET's body, read up to ``limit`` and within the non-blob deadline (the client's
+        ``_exchange``), refused past it with this adapter's wording."""
+        try:
+            _, body = await self._exchange("GET", path, scopes=(), ok=(200,), limit=limit)
+        except AnswerTooLargeError:
+            raise AnswerTooLargeError(f"{what} is over {limit} bytes") from None
+        return body
 
     def _lock(self, key: object) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -396,19 +404,6 @@ class _CheckedStream(BlobStream):
             yield chunk
         if self._verifier is not None:
             self._verifier.verify()
-
-
-async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
-    """A streamed body, refused once it passes ``limit`` bytes."""
-    buf = bytearray()
-    try:
-        async for chunk in BlobStream(response, None, 0).chunks():
-            buf += chunk
-            if len(buf) > limit:
-                raise ContentError(f"{what} is over {limit} bytes")
-    finally:
-        await response.aclose()
-    return bytes(buf)
 
 
 def _validated(adapter: TypeAdapter[T], raw: bytes, path: str) -> T:

@@ -5,6 +5,7 @@
     │   └── InvalidReferenceError         a repository name, tag or digest that breaks the grammar
     ├── ContentError                      what a registry served is not what it claims to be
     │   ├── DigestMismatchError           bytes do not hash to their digest
+    │   ├── AnswerTooLargeError           a non-blob answer over its cap while it was read
     │   ├── ManifestTooLargeError         a manifest over MAX_MANIFEST_BYTES
     │   └── UnsupportedMediaTypeError     a manifest kind we do not copy (e.g. schema1)
     ├── TransportError                    connection refused/reset, read timeout (transient)
@@ -63,6 +64,11 @@ class DigestMismatchError(ContentError):
         super().__init__(f"{what} digest mismatch: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class AnswerTooLargeError(ContentError):
+    """A non-blob answer that went over its cap (adapters/bounded.py); what was read is dropped.
+    Not transient: the same answer would come again."""
 
 
 class ManifestTooLargeError(ContentError):

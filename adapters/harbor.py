@@ -25,13 +25,14 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adapters.base import Accessory, AdapterInfo, Artifact
+from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
 from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
     USER_AGENT,
+    _closing,
     _error_from,
     _next_link,
-    _read_at_most,
     _redact,
     _transport_errors,
     tls_verify,
@@ -156,8 +157,9 @@ class HarborApi:
 
     async def send(self, method: str, url: str, *, ok: tuple[int, ...], authenticated: bool = True,
                    params: Mapping[str, str] | None = None, body: Any = None) -> httpx.Response:
-        """One request whose answer is read up to MAX_API_RESPONSE_BYTES; a status outside
-        ``ok`` raises from the error tree (5xx and 429 transient)."""
+        """One request whose answer is read up to MAX_API_RESPONSE_BYTES (over it:
+        ``AnswerTooLargeError``), from sending to the last byte within NON_BLOB_DEADLINE_SECONDS;
+        a status outside ``ok`` raises from the error tree (5xx and 429 transient)."""
         prefix = self.endpoint.prefix
         path = url if url.startswith(f"{prefix}{API_PREFIX}") else f"{prefix}{API_PREFIX}{url}"
         request = self._http.build_request(method, path, params=params, json=body)
@@ -166,19 +168,17 @@ class HarborApi:
         if authenticated and (authorization := self._authorization()) is not None:
             request.headers["Authorization"] = authorization
         self.requests_made += 1
-        with _transport_errors(method, str(request.url)):
-            streamed = await self._http.send(request, stream=True)
-            try:
-                if streamed.status_code not in ok:
-                    raise await _error_from(streamed)
-                declared = 0 if method == "HEAD" else int(streamed.headers.get("Content-Length", "0") or 0)
-                if declared > MAX_API_RESPONSE_BYTES:
-                    raise _too_large(method, request)
-                raw = b"" if method == "HEAD" else await _read_at_most(streamed, MAX_API_RESPONSE_BYTES + 1)
-            finally:
-                await streamed.aclose()
-        if len(raw) > MAX_API_RESPONSE_BYTES:
-            raise _too_large(method, request)
+        what = f"{method} {_redact(str(request.url))}"
+        async with within(NON_BLOB_DEADLINE_SECONDS, what=what):
+            with _transport_errors(method, str(request.url)):
+                streamed = await self._http.send(request, stream=True)
+                async with _closing(streamed):
+                    if streamed.status_code not in ok:
+                        raise await _error_from(streamed)
+                    # A HEAD's Content-Length is the GET's; its empty body is still read to the
+                    # end, so that the connection goes back to the pool.
+                    raw = await read_capped(streamed, MAX_API_RESPONSE_BYTES, what=what,
+                                            truncate=method == "HEAD")
         # A plain response holding the capped body, for .json(), .links and the headers.
         return httpx.Response(streamed.status_code, headers=streamed.headers, content=raw, request=request)
 
@@ -206,10 +206,6 @@ class HarborApi:
             if next_url is None and items and seen < _total_count(response):
                 next_url, query = url, {**(params or {}), "page": str(page + 1), "page_size": str(size)}
         raise ContentError(f"{url} on {self.endpoint.host} did not end after {MAX_API_PAGES} pages")
-
-
-def _too_large(method: str, request: httpx.Request) -> ContentError:
-    return ContentError(f"{method} {_redact(str(request.url))}: answer over {MAX_API_RESPONSE_BYTES} bytes")
 
 
 def _json(response: httpx.Response) -> Any:

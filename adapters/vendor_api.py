@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
+from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, cap_bodies_httpx_reads, read_capped, within
 from adapters.distribution.client import (
     CONNECT_TIMEOUT_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -144,6 +144,8 @@ class VendorApi:
             verify=tls_verify(endpoint), timeout=timeout, transport=transport,
             follow_redirects=False, auth=self.auth,
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
+            # A 401 that auth answers is read by httpx itself: capped here like every answer.
+            event_hooks={"response": [cap_bodies_httpx_reads]},
         )
         self.requests_made = 0
 

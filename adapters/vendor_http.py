@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
+from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, cap_bodies_httpx_reads, read_capped, within
 from adapters.distribution.client import USER_AGENT, retry_after_seconds
 from adapters.errors import (
     ContentError,
@@ -48,8 +48,10 @@ def api_client(
 ) -> httpx.AsyncClient:
     timeout = httpx.Timeout(API_CONNECT_TIMEOUT_SECONDS, read=API_READ_TIMEOUT_SECONDS,
                             write=API_READ_TIMEOUT_SECONDS, pool=None)
+    # A 401 that auth answers is read by httpx itself: capped here like every answer.
     return httpx.AsyncClient(base_url=base_url, verify=verify, timeout=timeout, transport=transport,
-                             auth=auth, follow_redirects=False, headers={"User-Agent": USER_AGENT})
+                             auth=auth, follow_redirects=False, headers={"User-Agent": USER_AGENT},
+                             event_hooks={"response": [cap_bodies_httpx_reads]})
 
 
 async def call_json(

@@ -25,7 +25,7 @@ import httpx
 
 from adapters.bounded import (
     NON_BLOB_DEADLINE_SECONDS,
-    AnswerTooLargeError,
+    cap_bodies_httpx_reads,
     read_capped,
     read_capped_until,
     within,
@@ -33,6 +33,7 @@ from adapters.bounded import (
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
 from adapters.endpoint import Endpoint
 from adapters.errors import (
+    AnswerTooLargeError,
     ConfigError,
     ContentError,
     DigestMismatchError,
@@ -170,9 +171,11 @@ class DistributionClient:
         # registry offers it by ALPN, else HTTP/1.1; no retries of its own, ours follow the
         # error tree's ``transient``), and one like it for each proxy in the environment. A
         # transport passed in would switch those proxies off (httpx reads them only without).
+        # The hook caps the bodies httpx reads by itself: redirects it follows, 401s it retries.
         self._http = httpx.AsyncClient(
             base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=True,
             transport=transport, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
+            event_hooks={"response": [cap_bodies_httpx_reads]},
         )
         self.requests_made = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
@@ -574,11 +577,6 @@ async def _closing(response: httpx.Response) -> AsyncIterator[httpx.Response]:
         yield response
     finally:
         await response.aclose()
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
-    """The first ``limit`` bytes of a streamed body (adapters/harbor.py's name for it)."""
-    return await read_capped(response, limit, what=_redact(str(response.url)), truncate=True)
 
 
 def _json_list(response: httpx.Response, body: bytes, key: str) -> list[str]:

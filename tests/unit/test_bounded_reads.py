@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from adapters import vendor_api, vendor_http
-from adapters.bounded import AnswerTooLargeError, read_capped, within
+from adapters import bounded, harbor, vendor_api, vendor_http
+from adapters.bounded import MAX_PASSED_OVER_BODY_BYTES, read_capped, within
+from adapters.chartmuseum import ChartMuseumClient
 from adapters.distribution import client as client_module
 from adapters.distribution.client import MAX_LISTING_PAGE_BYTES, DistributionClient
 from adapters.endpoint import Endpoint
-from adapters.errors import ManifestTooLargeError, NotFoundError, TransportError
+from adapters.errors import AnswerTooLargeError, ManifestTooLargeError, NotFoundError, TransportError
 from adapters.oci import MAX_MANIFEST_BYTES, Digest
 
 BLOB = Digest.of(b"blob")
@@ -95,6 +97,61 @@ async def test_read_capped_truncating_keeps_the_first_bytes_and_stops_reading() 
     assert body.produced == len(body.piece)  # one piece taken, no more
 
 
+# -- bodies httpx reads by itself inside send() -----------------------------------------------
+
+
+async def test_the_body_of_a_followed_redirect_is_read_only_up_to_its_cap() -> None:
+    """A blob GET redirected to storage: httpx reads the 307's body itself before following it;
+    a 50 MiB chunked one is cut off at the cap and the blob still comes from storage."""
+    padding = Counting(50 * 1024 * 1024)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            return httpx.Response(200, stream=Counting(4, fill=b"blob"))
+        return httpx.Response(307, headers={"Location": "http://storage.example/b"}, stream=padding)
+
+    async with mock_client(answer) as client:
+        async with client.open_blob("a/b", BLOB) as stream:
+            received = b"".join([chunk async for chunk in stream.chunks()])
+
+    assert received == b"blob"
+    assert 0 < padding.produced <= MAX_PASSED_OVER_BODY_BYTES + READ
+
+
+async def test_the_body_of_a_401_before_the_retry_with_credentials_is_read_only_up_to_its_cap() -> None:
+    padding = Counting(50 * 1024 * 1024)
+    seen: list[bool] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append("Authorization" in request.headers)
+        if "Authorization" not in request.headers:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'}, stream=padding)
+        return httpx.Response(200, json={"name": "a/b", "tags": ["1"]})
+
+    endpoint = Endpoint(url="http://reg.example", username="u", password=SecretStr("p"))
+    async with DistributionClient(endpoint, transport=httpx.MockTransport(answer)) as client:
+        assert await client.list_tags("a/b") == ["1"]
+
+    assert seen == [False, True]  # the 401 was answered, with one retry
+    assert 0 < padding.produced <= MAX_PASSED_OVER_BODY_BYTES + READ
+
+
+async def test_a_redirect_body_within_the_cap_is_read_whole() -> None:
+    """Cut short only past the cap: a redirect's usual line of HTML is read to its end (so its
+    connection can serve the next request)."""
+    body = Counting(MAX_PASSED_OVER_BODY_BYTES)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "storage.example":
+            return httpx.Response(200, stream=Counting(4, fill=b"blob"))
+        return httpx.Response(307, headers={"Location": "http://storage.example/b"}, stream=body)
+
+    async with mock_client(answer) as client, client.open_blob("a/b", BLOB) as stream:
+        assert b"".join([chunk async for chunk in stream.chunks()]) == b"blob"
+
+    assert body.produced == body.total
+
+
 # -- deadlines, against a server that trickles -------------------------------------------------
 
 Script = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -107,10 +164,10 @@ async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> No
         await asyncio.sleep(every)
 
 
-def chunked_drip(status: int = 200, every: float = 0.2) -> Script:
+def chunked_drip(status: int = 200, every: float = 0.2, headers: str = "") -> Script:
     """A chunked answer whose body gains one byte every ``every`` seconds, without end."""
     async def script(writer: asyncio.StreamWriter) -> None:
-        writer.write(f"HTTP/1.1 {status} X\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        writer.write(f"HTTP/1.1 {status} X\r\n{headers}Transfer-Encoding: chunked\r\n\r\n".encode())
         while True:
             writer.write(b"1\r\n \r\n")
             await writer.drain()
@@ -226,6 +283,22 @@ async def test_a_trickling_error_body_of_a_blob_request_is_cut_at_the_deadline(o
     assert one_second <= elapsed < one_second + 1.0
 
 
+async def test_a_trickling_redirect_body_of_a_blob_request_fails_by_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob GET has no deadline of its own; the redirect httpx follows for it does."""
+    monkeypatch.setattr(bounded, "NON_BLOB_DEADLINE_SECONDS", 1.0)
+    redirect = chunked_drip(307, headers="Location: /storage/b\r\n")
+    async with Loopback(redirect) as server, DistributionClient(Endpoint(url=server.url)) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="no complete answer within 1 s") as info:
+            async with asyncio.timeout(5), client.open_blob("a/b", BLOB):  # uncapped: forever
+                pass
+        elapsed = time.monotonic() - started
+
+    assert info.value.transient
+    assert 1.0 <= elapsed < 2.0
+
+
 async def test_a_too_large_manifest_by_content_length_is_refused_before_reading(one_second: float) -> None:
     async def declares_too_much(writer: asyncio.StreamWriter) -> None:
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_MANIFEST_BYTES + 1}\r\n\r\n".encode())
@@ -254,6 +327,26 @@ async def test_vendor_api_calls_have_the_deadline(one_second: float) -> None:
             started = time.monotonic()
             with pytest.raises(TransportError, match="within 1 s"):
                 await vendor_http.call_json(http, "GET", "/token", what="token API")
+            assert time.monotonic() - started < one_second + 1.0
+
+
+async def test_harbor_and_chartmuseum_answers_have_the_deadline(one_second: float,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harbor, "NON_BLOB_DEADLINE_SECONDS", one_second)
+    async with Loopback(chunked_drip()) as server:
+        api = harbor.HarborApi(Endpoint(url=server.url))
+        started = time.monotonic()
+        try:
+            with pytest.raises(TransportError, match=r"GET .*/api/v2\.0/projects: no complete answer"):
+                await api.get_json("/projects")
+        finally:
+            await api.aclose()
+        assert time.monotonic() - started < one_second + 1.0
+
+        async with ChartMuseumClient(Endpoint(url=server.url)) as museum:
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"GET .*/api/charts/web: no complete answer within 1 s"):
+                await museum.list_tags("web")
             assert time.monotonic() - started < one_second + 1.0
 
 
