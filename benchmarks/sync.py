@@ -27,6 +27,12 @@ Tools:
                     of a repository under the destination, so ``team-a/svc/api-4`` must go to
                     ``DEST/team-a/svc``); both tools land every repository at its source path.
 
+``--baseline DIR`` adds the tool ``regflow-baseline``: the regflow of another checkout (its own
+``DIR/.venv``, e.g. ``git worktree add DIR <commit>`` + ``uv sync``) in server mode on the same
+Prefect server, with a REGFLOW_HOME of its own, so that old and new code are measured side by
+side in one run on the same corpus. Its CPU and RSS are those of its ``regflow`` process tree
+(an old regflow that forked its calls from a warm process ran outside that tree: compare wall).
+
 ``--smoke`` runs skopeo and regflow-server only (add ``--tools regflow-embedded,...`` for the
 embedded mode: its Prefect start would take the smoke past a minute on a loaded machine).
 
@@ -78,7 +84,10 @@ SKOPEO_BLOB_INFO_CACHES = (Path("/var/lib/containers/cache/blob-info-cache-v1.bo
                            Path.home() / ".local/share/containers/cache/blob-info-cache-v1.boltdb")
 POLICY, WARMUP_POLICY = "bench-all", "bench-warmup"
 EPHEMERAL_STARTUP_TIMEOUT = "120"
-REGFLOW_TOOLS = ("regflow-server", "regflow-embedded")
+REGFLOW_TOOLS = ("regflow-server", "regflow-embedded", "regflow-baseline")
+BASELINE = "regflow-baseline"
+# Tools that talk to the benchmark's own Prefect server.
+SERVER_TOOLS = ("regflow-server", BASELINE)
 # Pair 1 runs in this order (later pairs rotate it); the Prefect server finishes starting
 # while the first two run.
 ALL_TOOLS = ("regflow-embedded", "skopeo", "regflow-server")
@@ -263,11 +272,13 @@ class Sample:
 
 
 class Bench:
-    def __init__(self, workdir: Path, tools: Sequence[str]) -> None:
+    def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None) -> None:
         self.workdir = workdir
         self.tools = list(tools)
         self.home = workdir / "regflow-home"
         self.home.mkdir(parents=True, exist_ok=True)
+        self.baseline = baseline
+        self.baseline_home = workdir / "baseline-home"
         self.log = workdir / "tools.log"
         self.src: RegistryProcess | None = None
         self.server: LocalPrefectServer | None = None
@@ -287,7 +298,7 @@ class Bench:
 
     def start_server_async(self) -> None:
         """Start the Prefect server in the background (it takes 12+ s); ``server_ready`` waits."""
-        if "regflow-server" not in self.tools:
+        if not set(SERVER_TOOLS) & set(self.tools):
             return
         home = self.workdir / "prefect-server"
         self.server = LocalPrefectServer(home, free_port(), auth=prefect_server.auth_string(home))
@@ -322,6 +333,12 @@ class Bench:
             self.server.stop()
         if self.src is not None:
             self.src.close()
+        if self.baseline is not None and self.baseline_home.exists():
+            # An older regflow may have left warm processes of its own: ours to end.
+            subprocess.run([str(self.baseline / ".venv/bin/python"), "-c",
+                            "import sys; from pathlib import Path; from regflow_cli import warm; "
+                            "warm.stop(Path(sys.argv[1]))", str(self.baseline_home)],
+                           cwd=self.baseline, check=False, capture_output=True)
         for spent in self.spent:
             shutil.rmtree(spent, ignore_errors=True)
 
@@ -330,18 +347,21 @@ class Bench:
         return self.server.proc.pid if self.server is not None and self.server.proc is not None else None
 
     # -- regflow
-    def _regflow_argv(self, *args: str) -> list[str]:
+    def _regflow_argv(self, *args: str, tool: str = "") -> list[str]:
+        if tool == BASELINE:
+            assert self.baseline is not None
+            return [str(self.baseline / ".venv/bin/regflow"), *args]
         head = [self.regflow] if self.regflow else [sys.executable, "-m", "regflow_cli.main"]
         return [*head, *args]
 
     def regflow_env(self, tool: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
-        env["REGFLOW_HOME"] = str(self.home)
+        env["REGFLOW_HOME"] = str(self.baseline_home if tool == BASELINE else self.home)
         # Prefect gives its ephemeral server 20 s to answer; on this 2-core VM under the load of
         # other test runs (load1 6-13) the embedded mode then fails with "Timed out while
         # attempting to connect to ephemeral Prefect API". Measured, not hidden: see the doc.
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = EPHEMERAL_STARTUP_TIMEOUT
-        if tool == "regflow-server":
+        if tool in SERVER_TOOLS:
             assert self.server is not None
             env.update(prefect_server.client_environment(self.server.api_url, self.server.auth))
             env["PREFECT_HOME"] = str(self.workdir / "cli-prefect-home")
@@ -371,13 +391,16 @@ class Bench:
         env = self.regflow_env("regflow-embedded")
         subprocess.run(self._regflow_argv("apply", "-f", str(path)), env=env, check=True,
                        stdout=subprocess.DEVNULL)
+        if BASELINE in self.tools:
+            subprocess.run(self._regflow_argv("apply", "-f", str(path), tool=BASELINE),
+                           env=self.regflow_env(BASELINE), check=True, stdout=subprocess.DEVNULL)
 
     def commands(self, tool: str, dst: RegistryProcess, policy: str = POLICY,
                  dry_run: bool = False) -> tuple[list[list[str]], dict[str, str]]:
         if tool == "skopeo":
             return self.skopeo_commands(dst), dict(os.environ)
         args = ["replicate", policy, "--json"] + (["--dry-run"] if dry_run else [])
-        return [self._regflow_argv(*args)], self.regflow_env(tool)
+        return [self._regflow_argv(*args, tool=tool)], self.regflow_env(tool)
 
     # -- skopeo
     def skopeo_commands(self, dst: RegistryProcess) -> list[list[str]]:
@@ -404,7 +427,7 @@ class Bench:
     def run(self, tool: str, phase: str, pair: int, dst: RegistryProcess, *, policy: str = POLICY,
             dry_run: bool = False, verify: bool = True) -> Sample:
         assert self.src is not None
-        if tool == "regflow-server":
+        if tool in SERVER_TOOLS:
             self.server_ready()
         commands, env = self.commands(tool, dst, policy, dry_run)
         if tool == "skopeo" and phase == "full":
@@ -493,10 +516,11 @@ def table(samples: list[Sample], tools: Sequence[str], phases: Sequence[str]) ->
     return lines
 
 
-def _pair_ratios(samples: list[Sample], tool: str, phase: str, key: str) -> list[float]:
-    """regflow/skopeo for ``key`` in each pair where both ran."""
+def _pair_ratios(samples: list[Sample], tool: str, phase: str, key: str,
+                 versus: str = "skopeo") -> list[float]:
+    """``tool``/``versus`` (regflow/skopeo by default) for ``key`` in each pair where both ran."""
     ours = {s.pair: s for s in samples if s.tool == tool and s.phase == phase}
-    theirs = {s.pair: s for s in samples if s.tool == "skopeo" and s.phase == phase}
+    theirs = {s.pair: s for s in samples if s.tool == versus and s.phase == phase}
     return [getattr(ours[p], key) / getattr(theirs[p], key) for p in ours
             if p in theirs and getattr(theirs[p], key)]
 
@@ -605,6 +629,12 @@ def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: i
         print("\n".join(ratios(bench.samples, bench.tools)))
         print("\nissue-6 targets (medians):")
         print("\n".join(verdicts(bench.samples, bench.tools)))
+    if BASELINE in bench.tools and "regflow-server" in bench.tools:
+        print(f"\nthis checkout / {bench.baseline} (both server mode), median of the per-pair ratios:\n")
+        for phase in ("full", "resync"):
+            def versus(key: str, phase: str = phase) -> str:
+                return _cell(_pair_ratios(bench.samples, "regflow-server", phase, key, BASELINE))
+            print(f"  {phase:7} wall {versus('wall')}  target requests {versus('dst_requests')}")
     print("\ntarget request mix, pair 1:")
     for sample in bench.samples:
         if sample.pair == 1:
@@ -673,6 +703,8 @@ def main() -> int:
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run per regflow mode")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a new one under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also run the regflow of this checkout (with its own .venv) as regflow-baseline")
     ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
                     help="every sample is appended here as a JSON line")
     args = ap.parse_args()
@@ -683,7 +715,14 @@ def main() -> int:
         print(f"{shape.name}: {corpus.estimate(shape)}")
         return 0
     tools = [t for t in (args.tools or ",".join(SMOKE_TOOLS if args.smoke else ALL_TOOLS)).split(",") if t]
-    unknown = set(tools) - set(ALL_TOOLS)
+    if args.baseline is not None:
+        if not (args.baseline / ".venv/bin/regflow").exists():
+            ap.error(f"{args.baseline}/.venv/bin/regflow is missing: run `uv sync` in that checkout")
+        if BASELINE not in tools:
+            tools.append(BASELINE)
+    elif BASELINE in tools:
+        ap.error(f"{BASELINE} needs --baseline DIR")
+    unknown = set(tools) - set(ALL_TOOLS) - {BASELINE}
     if unknown:
         ap.error(f"unknown tools {sorted(unknown)}")
     if "skopeo" in tools and not shutil.which("skopeo"):
@@ -695,7 +734,7 @@ def main() -> int:
     print(f"{datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
           f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
           flush=True)
-    bench = Bench(workdir, tools)
+    bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None)
     started = time.monotonic()
     rc = 1
     try:
