@@ -179,7 +179,7 @@ class DistributionClient:
         mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
         if transport is None and self._origin.startswith("http://"):
             mounts[self._origin] = ConnectionLanes(
-                max_connections, keepalive_expiry=KEEPALIVE_SECONDS, retries=0, verify=verify,
+                max_connections, keepalive_expiry=KEEPALIVE_SECONDS, retries=0,
                 proxy=environment_proxy(self._origin))
         self._http = httpx.AsyncClient(
             base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=True,

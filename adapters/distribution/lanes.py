@@ -23,8 +23,7 @@ import httpx
 
 class ConnectionLanes(httpx.AsyncBaseTransport):
     """``count`` one-connection transports; each request takes a free one for as long as its
-    answer is open. ``proxy``: the proxy every lane goes through (None: direct). Pass
-    ``verify`` an SSL context to share: each transport would otherwise load the CA store."""
+    answer is open. ``proxy``: the proxy every lane goes through (None: direct)."""
 
     def __init__(self, count: int, *, keepalive_expiry: float, proxy: str | None = None,
                  **transport: Any) -> None:
