@@ -31,7 +31,6 @@ from adapters.bounded import (
     within,
 )
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
-from adapters.distribution.lanes import ConnectionLanes, environment_proxy
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     AnswerTooLargeError,
@@ -172,19 +171,11 @@ class DistributionClient:
         # registry offers it by ALPN, else HTTP/1.1; no retries of its own, ours follow the
         # error tree's ``transient``), and one like it for each proxy in the environment. A
         # transport passed in would switch those proxies off (httpx reads them only without).
-        # A plain-http registry's own origin is mounted on lanes instead (adapters/distribution/
-        # lanes.py: httpcore's shared pool is pathological for concurrent HTTP/1.1), through the
-        # proxy the environment names for it; other hosts (redirects) keep httpx's transports.
         # The hook caps the bodies httpx reads by itself: redirects it follows, 401s it retries.
-        mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
-        if transport is None and self._origin.startswith("http://"):
-            mounts[self._origin] = ConnectionLanes(
-                max_connections, keepalive_expiry=KEEPALIVE_SECONDS, retries=0,
-                proxy=environment_proxy(self._origin))
         self._http = httpx.AsyncClient(
             base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=True,
-            transport=transport, mounts=mounts, follow_redirects=True, auth=self.auth,
-            headers=DEFAULT_HEADERS, event_hooks={"response": [cap_bodies_httpx_reads]},
+            transport=transport, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
+            event_hooks={"response": [cap_bodies_httpx_reads]},
         )
         self.requests_made = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import pytest
 
 from adapters.distribution import client as client_module
 from adapters.distribution.client import DistributionClient, tls_verify
-from adapters.distribution.lanes import ConnectionLanes, environment_proxy
 from adapters.endpoint import Endpoint
 from adapters.errors import NotFoundError, TransportError
 from adapters.oci import Digest
@@ -287,59 +286,3 @@ async def test_a_proxy_from_the_environment_carries_registry_requests(
 
     [seen] = proxy.seen
     assert seen.target == "http://registry.invalid:5000/v2/a/b/tags/list"
-
-
-# -- lanes (adapters/distribution/lanes.py) ----------------------------------------------------
-
-
-async def test_concurrent_requests_to_a_plain_http_registry_each_get_a_connection_of_their_own() -> None:
-    """200 HEADs, 16 at a time: never more connections than lanes, each kept alive, and no lane
-    (a one-connection pool) ever given a second request while its answer is open."""
-    async with LoopbackServer(lambda method, target: Answer(404, b"", delay=0.002)) as server:
-        async with DistributionClient(Endpoint(url=server.url), max_connections=16) as client:
-            lanes = client._http._mounts  # the registry's own origin is mounted on lanes
-            [transport] = [t for t in lanes.values() if isinstance(t, ConnectionLanes)]
-            in_flight: dict[int, int] = {}
-            worst = 0
-            inner = [lane.handle_async_request for lane in transport._lanes]
-
-            def counting(i: int) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
-                async def handle(request: httpx.Request) -> httpx.Response:
-                    nonlocal worst
-                    in_flight[i] = in_flight.get(i, 0) + 1
-                    worst = max(worst, in_flight[i])
-                    try:
-                        return await inner[i](request)
-                    finally:
-                        in_flight[i] -= 1
-                return handle
-
-            for i, lane in enumerate(transport._lanes):
-                lane.handle_async_request = counting(i)  # type: ignore[method-assign]
-            sem = asyncio.Semaphore(16)
-
-            async def one(n: int) -> None:
-                async with sem:
-                    assert await client.blob_exists("a/b", Digest.of(str(n).encode())) is None
-
-            await asyncio.gather(*(one(n) for n in range(200)))
-    assert len(server.seen) == 200
-    assert worst == 1
-    assert server.connections <= 16
-
-
-async def test_a_lane_is_given_back_when_an_answer_is_closed_unread() -> None:
-    async with LoopbackServer(lambda method, target: Answer(200, b"x" * 100_000)) as server:
-        async with DistributionClient(Endpoint(url=server.url), max_connections=1) as client:
-            for _ in range(3):  # one lane: a lane kept by an unread answer would hang the next
-                async with client.open_blob("a/b", Digest.of(b"x")) as blob:
-                    del blob
-            assert await asyncio.wait_for(client.blob_exists("a/b", Digest.of(b"y")), 5) == 100_000
-
-
-def test_no_proxy_keeps_a_registry_off_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.setenv("NO_PROXY", "registry.internal")
-    assert environment_proxy("http://registry.internal:5000") is None
-    assert environment_proxy("http://elsewhere:5000") == "http://proxy.invalid:3128"
-    assert environment_proxy("https://elsewhere") is None  # TLS registries keep httpx's own pool
