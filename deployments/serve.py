@@ -26,7 +26,7 @@ from deployments.matching import matching_policies
 from deployments.processes import Worker
 from deployments.receiver import WebhookSource, create_receiver
 from deployments.sync import WORK_POOL, spec_for, sync_deployments
-from deployments.zombies import ensure_zombie_automation, heartbeat_environment
+from flows.liveness import ensure_automation, heartbeat_environment
 from policies.home import regflow_home
 from policies.store import Store
 from tasks.discover import Resource
@@ -107,7 +107,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        await ensure_zombie_automation()
+        await ensure_automation()
         app = create_receiver(self.source, self.submit)
         server = _Receiver(uvicorn.Config(app, host=self.webhook_host, port=self.webhook_port,
                                           log_level="warning", lifespan="off"))
