@@ -14,52 +14,26 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from adapters.errors import ConfigError, ReplicationError
 from regflow_cli import failures
+from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, user_errors
+from regflow_cli.common import store as _store
+from regflow_cli.manage import policy_app, registry_app
+from regflow_cli.runs import executions_app
 
 # Tracebacks never print local variables: they may hold credentials.
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Replicate container images between registries, on Prefect.")
-registry_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
-                           help="Registries (endpoints).")
-policy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
-                         help="Replication policies.")
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
-
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 160
-out = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigError as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
-def _store() -> Any:
-    from policies.store import Store
-    return Store()
+app.add_typer(executions_app, name="executions")
 
 
 @app.command()
@@ -68,7 +42,7 @@ def apply(file: Annotated[Path, typer.Option("-f", "--file", help="config file (
           ) -> None:
     """Create or update registries and policies from a config file, idempotently."""
     from policies.config_file import load_config_file
-    with _user_errors():
+    with user_errors():
         config = load_config_file(file)
         report = _store().apply(config, prune=prune)
     for verb in ("created", "updated", "deleted", "unchanged"):
@@ -76,72 +50,6 @@ def apply(file: Annotated[Path, typer.Option("-f", "--file", help="config file (
             out.print(f"{verb:9} {item}", highlight=False)
     if not any(getattr(report, v) for v in ("created", "updated", "deleted", "unchanged")):
         out.print("nothing to apply")
-
-
-@registry_app.command("list")
-def registry_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Registered registries (secrets masked)."""
-    store = _store()
-    views = [store.public_view(r) for r in store.registries()]
-    if as_json:
-        print(json.dumps(views, indent=2, default=str))
-        return
-    table = Table("name", "type", "url", "credential", "insecure")
-    for v in views:
-        cred = v.get("credential") or {}
-        table.add_row(v["name"], v["type"], v["url"],
-                      f"{cred.get('access_key', '')} ({cred.get('source', '')})" if cred else "-",
-                      str(v.get("insecure", False)))
-    out.print(table)
-
-
-@registry_app.command("ping")
-def registry_ping(name: str) -> None:
-    """Health check: /v2/ answers and the credentials are accepted."""
-    from adapters import create_adapter
-
-    with _user_errors():
-        store = _store()
-        registry = store.registry(name)
-        endpoint = store.endpoint(name)
-
-    async def check() -> Any:
-        adapter = create_adapter(registry.type, endpoint)
-        try:
-            return await adapter.health()
-        finally:
-            await adapter.aclose()
-
-    with _user_errors():
-        health = asyncio.run(check())
-    if health.status == "healthy":
-        out.print(f"{name}: healthy")
-        return
-    _fail(f"{name}: unhealthy: {health.reason}", EXIT_FAILED)
-
-
-@policy_app.command("list")
-def policy_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Replication policies."""
-    store = _store()
-    policies = store.policies()
-    if as_json:
-        print(json.dumps([store.public_view(p) for p in policies], indent=2, default=str))
-        return
-    table = Table("name", "source", "target", "namespace", "trigger", "enabled")
-    for p in policies:
-        table.add_row(p.name, p.src_registry or "", p.dest_registry or "", p.dest_namespace or "-",
-                      p.trigger.type, str(p.enabled))
-    out.print(table)
-
-
-@policy_app.command("show")
-def policy_show(name: str) -> None:
-    """One policy, as stored."""
-    with _user_errors():
-        store = _store()
-        view = store.public_view(store.policy(name))
-    print(json.dumps(view, indent=2, default=str))
 
 
 @app.command()
@@ -152,14 +60,14 @@ def replicate(
 ) -> None:
     """Run a policy now, as one execution (a Prefect flow run)."""
     from tasks.load import load_policy
-    with _user_errors():
+    with user_errors():
         loaded = load_policy(policy)
     if dry_run:
         _dry_run(loaded, as_json)
         return
 
     from flows import embedded
-    with _user_errors():
+    with user_errors():
         embedded.configure()
     execution = _run_flow(policy, as_json)
     if as_json:
@@ -180,11 +88,11 @@ def _run_flow(policy: str, quiet: bool) -> Any:
         if isinstance(result, ConfigError):
             raise result  # bad input found inside the run (e.g. a CA bundle): exit 2
         if not isinstance(result, Execution):
-            _fail(f"execution ended {state.name}: {state.message}", EXIT_FAILED)
+            fail(f"execution ended {state.name}: {state.message}", EXIT_FAILED)
         # Not waiting for the server to record the task runs: `regflow executions` does.
         return result
 
-    with _user_errors():
+    with user_errors():
         if quiet:
             return asyncio.run(run())
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -208,7 +116,7 @@ def _dry_run(loaded: Any, as_json: bool) -> None:
             found = await discover(source, loaded.policy)
             return await make_plan(source, target, loaded.policy, found, measure=True)
 
-    with _user_errors():
+    with user_errors():
         result = asyncio.run(plan())
     if as_json:
         print(result.model_dump_json())
@@ -247,20 +155,20 @@ def verify(
     from tasks.load import load_policy, open_adapters
     from tasks.verify import verify_policy
 
-    with _user_errors():
+    with user_errors():
         loaded = load_policy(policy)
 
     async def check() -> Any:
         async with open_adapters(loaded) as (source, target):
             return await verify_policy(source, target, loaded.policy)
 
-    with _user_errors():
+    with user_errors():
         try:
             report = asyncio.run(check())
         except ConfigError:
             raise
         except ReplicationError as exc:
-            _fail(f"verification of {policy} could not finish: {type(exc).__name__}: {exc}", EXIT_FAILED)
+            fail(f"verification of {policy} could not finish: {type(exc).__name__}: {exc}", EXIT_FAILED)
     if as_json:
         print(report.model_dump_json())
     elif report.problems:
@@ -278,27 +186,6 @@ def verify(
 def _problem_count(report: Any) -> str:
     return (f"{len(report.problems)} problem(s) in {report.checked_tags} tags and "
             f"{report.checked_blobs} blobs checked")
-
-
-@app.command()
-def executions(
-    policy: Annotated[str | None, typer.Argument()] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    limit: int = 20,
-) -> None:
-    """Past executions (Prefect flow runs) with their tasks."""
-    from flows import embedded
-    with _user_errors():
-        embedded.configure()
-    from flows.history import list_executions
-    records = asyncio.run(list_executions(policy, limit))
-    if as_json:
-        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
-        return
-    table = Table("execution", "policy", "trigger", "state", "tasks", "message")
-    for r in records:
-        table.add_row(r.name, r.policy, r.trigger, r.state, str(len(r.tasks)), r.message[:120])
-    out.print(table)
 
 
 @app.command()
@@ -326,11 +213,11 @@ def serve(
         from flows import embedded
         from flows.prefect_server import AUTH_FILE
         err.print(f"local Prefect server (starting it on port {prefect_port} if none runs) ...")
-        with _user_errors():
+        with user_errors():
             try:
                 url = embedded.configure_for_serve(prefect_port)
             except RuntimeError as exc:
-                _fail(str(exc), EXIT_FAILED)
+                fail(str(exc), EXIT_FAILED)
         err.print(f"Prefect UI: {url} (log in with the contents of "
                   f"{embedded.prefect_home() / AUTH_FILE})", highlight=False)
     from deployments.serve import Service  # prefect reads PREFECT_API_URL on import

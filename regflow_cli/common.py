@@ -1,0 +1,43 @@
+"""What every ``regflow`` command shares: the consoles, the exit codes, one-line failures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from adapters.errors import ConfigError
+
+# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def sub_app(help_text: str) -> typer.Typer:
+    # Tracebacks never print local variables: they may hold credentials.
+    return typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, help=help_text)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def store() -> Any:
+    from policies.store import Store
+    return Store()
