@@ -272,8 +272,11 @@ class Sample:
 
 
 class Bench:
-    def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None) -> None:
+    def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None,
+                 rtt_ms: float = 0.0, mbit: float = 0.0) -> None:
         self.workdir = workdir
+        self.rtt_ms, self.mbit = rtt_ms, mbit
+        self._relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
         self.tools = list(tools)
         self.home = workdir / "regflow-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -289,6 +292,37 @@ class Bench:
             self.regflow = ""
         self.samples: list[Sample] = []
         self.spent: list[Path] = []  # storage of used targets, removed by close()
+
+    # -- remote-looking registries
+    @property
+    def remote(self) -> bool:
+        return self.rtt_ms > 0 or self.mbit > 0
+
+    def host_of(self, registry: RegistryProcess) -> str:
+        """host:port the copiers use: the registry's own, or its latency relay's."""
+        if not self.remote:
+            return registry.host
+        key = id(registry)
+        if key not in self._relays:
+            port = free_port()
+            relay = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.latency", "--listen", str(port), "--upstream",
+                 registry.host, "--rtt-ms", str(self.rtt_ms), "--mbit", str(self.mbit)],
+                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+            assert relay.stdout is not None
+            if relay.stdout.readline().strip() != "ready":
+                relay.kill()
+                raise RuntimeError("latency relay did not start")
+            self._relays[key] = (relay, f"127.0.0.1:{port}")
+        return self._relays[key][1]
+
+    def url_of(self, registry: RegistryProcess) -> str:
+        return f"http://{self.host_of(registry)}" if self.remote else registry.url
+
+    def drop_relay(self, registry: RegistryProcess) -> None:
+        if (entry := self._relays.pop(id(registry), None)) is not None:
+            entry[0].terminate()
+            entry[0].wait(10)
 
     # -- lifecycle
     def start_source(self) -> RegistryProcess:
@@ -331,6 +365,10 @@ class Bench:
             self._server_thread.join()
         if self.server is not None:
             self.server.stop()
+        for relay, _ in self._relays.values():
+            relay.terminate()
+            relay.wait(10)
+        self._relays.clear()
         if self.src is not None:
             self.src.close()
         if self.baseline is not None and self.baseline_home.exists():
@@ -415,8 +453,8 @@ class Bench:
         for i, (parent, names) in enumerate(sorted(groups.items())):
             path = folder / f"group-{i}.yml"
             path.write_text(yaml.safe_dump(
-                {self.src.host: {"tls-verify": False, "images": {n: [] for n in names}}}))
-            dest = dst.host + (f"/{parent}" if parent else "")
+                {self.host_of(self.src): {"tls-verify": False, "images": {n: [] for n in names}}}))
+            dest = self.host_of(dst) + (f"/{parent}" if parent else "")
             commands.append(["skopeo", "sync", "--src", "yaml", "--dest", "docker", "--all",
                              "--preserve-digests", "--dest-tls-verify=false", str(path), dest])
         return commands
@@ -581,6 +619,7 @@ def fresh_target(bench: Bench) -> Iterator[RegistryProcess]:
         dst.start()
         yield dst
     finally:
+        bench.drop_relay(dst)
         dst.close(keep_dir=True)
         bench.spent.append(dst.dir)
 
@@ -600,7 +639,7 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
     skopeo_groups = len(bench.skopeo_commands(src)) if "skopeo" in bench.tools else 0
     if warmup:
         with fresh_target(bench) as dst:
-            bench.apply(src.url, dst.url)
+            bench.apply(bench.url_of(src), bench.url_of(dst))
             for tool in bench.tools:
                 if tool != "skopeo":
                     bench.run(tool, "warmup", 0, dst, policy=WARMUP_POLICY, verify=False)
@@ -611,7 +650,7 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
         for tool in order:
             with fresh_target(bench) as dst:
                 if tool != "skopeo":
-                    bench.apply(src.url, dst.url)
+                    bench.apply(bench.url_of(src), bench.url_of(dst))
                 for phase in ("full", "resync"):
                     s = bench.run(tool, phase, pair, dst)
                     failed += bool(s.rc or s.bad_tags)
@@ -621,7 +660,9 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
 
 def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: int) -> None:
     s = bench.seeded
-    print(f"\n### {shape.name}: {s.describe()}; pairs={pairs}; median [min-max]")
+    where = (f"behind relays: {bench.rtt_ms:g} ms round trip, {bench.mbit:g} Mbit/s per connection"
+             if bench.remote else "loopback")
+    print(f"\n### {shape.name}: {s.describe()}; {where}; pairs={pairs}; median [min-max]")
     print(f"skopeo: {skopeo_groups} sync invocations (one per parent namespace)\n")
     print("\n".join(table(bench.samples, bench.tools, ("warmup", "full", "resync"))))
     if "skopeo" in bench.tools and len(bench.tools) > 1:
@@ -705,6 +746,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="also run the regflow of this checkout (with its own .venv) as regflow-baseline")
+    ap.add_argument("--rtt-ms", type=float, default=0.0,
+                    help="put each registry behind a loopback relay adding this round trip "
+                    "(benchmarks/latency.py)")
+    ap.add_argument("--mbit", type=float, default=0.0,
+                    help="with the relay: Mbit/s per connection (0: no cap)")
     ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
                     help="every sample is appended here as a JSON line")
     args = ap.parse_args()
@@ -734,7 +780,8 @@ def main() -> int:
     print(f"{datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
           f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
           flush=True)
-    bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None)
+    bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None,
+                  rtt_ms=args.rtt_ms, mbit=args.mbit)
     started = time.monotonic()
     rc = 1
     try:
