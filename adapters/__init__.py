@@ -22,6 +22,7 @@ from adapters.ghcr import GhcrAdapter
 from adapters.gitlab import GitLabAdapter
 from adapters.harbor import HarborAdapter
 from adapters.native import NativeAdapter
+from adapters.oci_layout import OciLayoutAdapter
 from adapters.quay import QuayAdapter
 
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -37,6 +38,8 @@ ADAPTERS: dict[str, AdapterFactory] = {
     "aws-ecr": EcrAdapter,
     # Not a Harbor type: a read-only source that turns a ChartMuseum repository into OCI charts.
     "chartmuseum": ChartMuseumAdapter,
+    # Not a Harbor type: a directory of OCI image layouts (file:///path), source or target.
+    "oci-layout": OciLayoutAdapter,
 }
 
 # Harbor's registry type strings, in the order regflow takes them on, so that a Harbor user's

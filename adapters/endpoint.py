@@ -28,6 +28,12 @@ class Endpoint(BaseModel):
     @classmethod
     def _plain_http_url(cls, v: str) -> str:
         parts = urlsplit(v)
+        if parts.scheme == "file":
+            # A directory of OCI image layouts (adapters/oci_layout.py): local, so no host.
+            if (parts.netloc or parts.query or parts.fragment or not parts.path.startswith("/")
+                    or parts.path.rstrip("/") == ""):
+                raise ValueError(f"a directory url must be file:///absolute/path, got {v!r}")
+            return v.rstrip("/")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"registry url must be http(s)://host[:port][/prefix], got {v!r}")
         if parts.username or parts.password:

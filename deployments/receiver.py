@@ -18,14 +18,14 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from adapters.errors import ContentError
 from deployments.events import MAX_WEBHOOK_BODY_BYTES, PARSERS, RegistryEvent
@@ -80,7 +80,7 @@ class WebhookSource(BaseModel):
         return value
 
 
-def _same(presented: str, secret: SecretStr) -> bool:
+def same_secret(presented: str, secret: SecretStr) -> bool:
     # Hashing first makes both sides the same length, so not even the secret's length leaks.
     a = hashlib.sha256(presented.encode()).digest()
     b = hashlib.sha256(secret.get_secret_value().encode()).digest()
@@ -102,7 +102,7 @@ def _bearer_ok(source: WebhookSource, request: Request) -> bool:
         if token is not None:
             presented.append(token)
     # Every candidate is compared, so the answer's timing says nothing about which one matched.
-    results = [_same(value, source.secret) for value in presented]
+    results = [same_secret(value, source.secret) for value in presented]
     return any(results)
 
 
@@ -159,9 +159,10 @@ def _unauthorized(source: WebhookSource, request: Request) -> JSONResponse:
 
 
 def create_receiver(sources: SourceLookup, submit: Submit, *, memory: EventMemory | None = None,
-                    clock: Callable[[], float] = time.time) -> Starlette:
+                    clock: Callable[[], float] = time.time, routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The webhook app; ``sources`` names the configured senders, ``submit`` starts runs,
-    ``memory`` holds the event ids acted on (one per app unless given)."""
+    ``memory`` holds the event ids acted on (one per app unless given); ``routes`` are served
+    beside the webhooks (serve's ``/metrics``), each doing its own authentication."""
     seen = memory if memory is not None else EventMemory()
 
     async def health(_: Request) -> Response:
@@ -223,5 +224,6 @@ def create_receiver(sources: SourceLookup, submit: Submit, *, memory: EventMemor
         routes=[
             Route("/webhooks/health", health, methods=["GET"]),
             Route("/webhooks/{source}", receive, methods=["POST"]),
+            *routes,
         ]
     )

@@ -1,5 +1,9 @@
 """`regflow serve`: one process that keeps every policy's deployment current, runs them (a
-process worker on regflow's work pool) and turns registry webhooks into runs.
+process worker on regflow's work pool), turns registry webhooks into runs and answers
+Prometheus on ``/metrics`` (deployments/metrics.py, deployments/scrape.py).
+
+The metrics share the webhook receiver's listener: one port to open and secure, and no option
+to add; each route checks its own credentials (webhook secrets, the metrics token).
 
 Event runs are started directly with ``run_deployment`` (written down in docs/decisions.md):
 the receiver already knows the policy, so an automation would only add a hop and a delay.
@@ -23,10 +27,13 @@ from adapters.oci import Digest
 from deployments.coalesce import COALESCE_WINDOW_SECONDS, Coalescer
 from deployments.events import RegistryEvent
 from deployments.matching import matching_policies
+from deployments.metrics import MetricsCollector, PolicyState
 from deployments.processes import Worker
 from deployments.receiver import WebhookSource, create_receiver
+from deployments.scrape import METRICS_PATH, metrics_route, metrics_token, token_origin
 from deployments.sync import WORK_POOL, spec_for, sync_deployments
 from flows.liveness import ensure_automation, heartbeat_environment
+from flows.retention import prune_periodically
 from policies.home import regflow_home
 from policies.store import Store
 from tasks.discover import Resource
@@ -49,6 +56,11 @@ class Service:
         self.worker = Worker(WORK_POOL, dict(os.environ) | heartbeat_environment(),
                              regflow_home() / "logs" / "worker.log")
         self._stopping = asyncio.Event()
+        self.metrics = MetricsCollector(self._policy_states)
+
+    def _policy_states(self) -> list[PolicyState]:
+        return [PolicyState(name=p.name, enabled=p.enabled, trigger=p.trigger.type)
+                for p in self.store.policies()]
 
     # -- events ---------------------------------------------------------------------------
 
@@ -86,7 +98,7 @@ class Service:
             with contextlib.suppress(ConfigError):
                 policies = self.store.policies()
                 fingerprint = hashlib.sha256(json.dumps(
-                    [spec_for(p).model_dump() for p in policies if p.enabled], sort_keys=True,
+                    [spec_for(p).model_dump() for p in policies], sort_keys=True,
                     default=str).encode()).hexdigest()
                 if fingerprint != self._fingerprint:
                     report = await sync_deployments(policies)
@@ -107,14 +119,18 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        token = metrics_token()  # before anything starts: a bad token stops serve with its reason
         await ensure_automation()
-        app = create_receiver(self.source, self.submit)
+        app = create_receiver(self.source, self.submit, routes=[metrics_route(self.metrics, token)])
         server = _Receiver(uvicorn.Config(app, host=self.webhook_host, port=self.webhook_port,
                                           log_level="warning", lifespan="off"))
         tasks = [asyncio.create_task(self.keep_deployments_current()),
                  asyncio.create_task(self.supervise_worker()),
+                 asyncio.create_task(prune_periodically(self.store, self._stopping)),
                  asyncio.create_task(server.serve())]
-        print(f"webhooks on http://{self.webhook_host}:{self.webhook_port}/webhooks/<registry>", flush=True)
+        base = f"http://{self.webhook_host}:{self.webhook_port}"
+        print(f"webhooks on {base}/webhooks/<registry>", flush=True)
+        print(f"metrics on {base}{METRICS_PATH} (bearer token in {token_origin()})", flush=True)
         try:
             await self._stopping.wait()
         finally:

@@ -1,7 +1,9 @@
-"""Every enabled policy is one Prefect deployment of the ``replicate`` flow, named after it.
+"""Every policy is one Prefect deployment of the ``replicate`` flow, named after it.
 
 Deployments are plain API objects in one process work pool: applying policies never restarts
-the worker that runs them, and a disabled or removed policy loses its deployment.
+the worker that runs them. A disabled policy keeps its deployment, paused with its schedule
+inactive (the UI shows it switched off, its past runs stay attached to it); a removed policy
+loses its deployment.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags, FlowFilter, FlowFilterName
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.schedules import Cron, Interval, Schedule
 from pydantic import BaseModel
 
 from flows.replicate import replicate
@@ -32,6 +35,17 @@ class DeploymentSpec(BaseModel):
     concurrency_limit: int | None = None
     tags: list[str]
     description: str
+    # A disabled policy: no schedule fires (Prefect's scheduler skips paused deployments and
+    # inactive schedules alike; both are set so the UI and API agree on it).
+    paused: bool = False
+
+    def schedules(self) -> list[Schedule]:
+        active = not self.paused
+        if self.cron is not None:
+            return [Cron(self.cron, active=active)]
+        if self.interval_seconds is not None:
+            return [Interval(self.interval_seconds, active=active)]
+        return []
 
 
 class SyncReport(BaseModel):
@@ -51,6 +65,7 @@ def spec_for(policy: Policy) -> DeploymentSpec:
         tags=sorted({MANAGED_TAG, f"policy:{policy.name}", f"registry:{policy.src_registry}",
                      f"registry:{policy.dest_registry}"}),
         description=policy.description or f"{policy.src_registry} → {policy.dest_registry}",
+        paused=not policy.enabled,
     )
 
 
@@ -66,8 +81,9 @@ async def ensure_work_pool() -> None:
 
 
 async def apply_deployment(spec: DeploymentSpec) -> None:
+    # Applying is an upsert, which also drops the runs the scheduler had already queued.
     deployment = await replicate.ato_deployment(
-        name=spec.name, parameters=spec.parameters, cron=spec.cron, interval=spec.interval_seconds,
+        name=spec.name, parameters=spec.parameters, schedules=spec.schedules(), paused=spec.paused,
         concurrency_limit=spec.concurrency_limit, tags=spec.tags, description=spec.description,
         # The worker starts each run in the repository, where the flow's imports resolve.
         job_variables={"working_dir": str(REPO_ROOT)},
@@ -84,10 +100,10 @@ async def managed_deployments() -> dict[str, Any]:
 
 
 async def sync_deployments(policies: list[Policy]) -> SyncReport:
-    """Make the server's deployments match the enabled policies; idempotent."""
+    """Make the server's deployments match the policies (paused where disabled); idempotent."""
     await ensure_work_pool()
     report = SyncReport()
-    wanted = {p.name: spec_for(p) for p in policies if p.enabled}
+    wanted = {p.name: spec_for(p) for p in policies}
     for spec in wanted.values():
         await apply_deployment(spec)
         report.applied.append(spec.name)

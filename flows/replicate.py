@@ -1,5 +1,10 @@
 """The ``replicate`` flow: one run is one Harbor execution, one transfer task run per source
 repository is one Harbor task. The body is the table of contents; the steps live in ``tasks/``.
+
+A run with ``retry_of`` (an execution's id or name; the Prefect UI's "custom run" of a policy's
+deployment takes it too) or ``retry_report`` (a failed-images report, from ``executions retry
+--from-report``) copies exactly the images that execution did not, pinned to the digests it
+planned, and carries the tag ``retry-of:<id>``.
 """
 
 from __future__ import annotations
@@ -7,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 from adapters import Adapter
-from adapters.errors import ReplicationError, is_transient
-from flows import liveness, runtime
+from adapters.errors import ConfigError, ReplicationError, is_transient
+from flows import details, history, liveness, runtime
 from policies.models import Policy
 from policies.store import Store
 from tasks.bandwidth import Bandwidth
@@ -27,11 +35,13 @@ from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
-from tasks.plan import Plan, PlannedRepository, named, plan_each
+from tasks.plan import Pins, Plan, PlannedRepository, named, plan_each
 from tasks.prepare import prepare
+from tasks.report import FailedImagesReport, build_report
 from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
 from tasks.summary import MESSAGE_FAILURES, Execution, summarize, summarize_deletions
+from tasks.traffic import traffic_of
 from tasks.transfer import transfer_repository
 from tasks.verify import VerifyReport, verify_policy
 
@@ -77,7 +87,20 @@ def _retry_transient(task: object, task_run: object, state: State) -> bool:
       retry_condition_fn=_retry_transient, cache_policy=NO_CACHE, persist_result=False)
 async def transfer(spec: TransferSpec) -> TransferResult:
     run = _RUN.get()
-    return _settle(await transfer_repository(run.source.client, run.target.client, spec, run.blobs))
+    return _settle(_logged(await transfer_repository(run.source.client, run.target.client, spec, run.blobs)))
+
+
+def _logged(result: TransferResult) -> TransferResult:
+    """One line per task, and one per tag not copied: what `regflow executions logs --task`
+    shows."""
+    logger = get_run_logger()
+    logger.info("%s -> %s: %d copied, %d skipped, %d failed, %d stopped, %d bytes",
+                result.source_repository, result.target_repository, result.count("copied"),
+                result.count("skipped"), result.count("failed"), result.count("stopped"), result.bytes)
+    for t in result.tags:
+        if t.status in ("failed", "stopped"):
+            logger.warning("%s:%s %s: %s", result.source_repository, t.tag, t.status, t.reason)
+    return result
 
 
 def _settle(result: TransferResult) -> TransferResult:
@@ -90,37 +113,84 @@ def _settle(result: TransferResult) -> TransferResult:
 
 @flow(name="replicate", flow_run_name=runtime.run_name, persist_result=False, log_prints=False)
 async def replicate(policy: str, resources: list[Resource] | None = None, trigger: str = "manual",
-                    event_id: str | None = None, operation: Literal["copy", "delete"] = "copy") -> State:
+                    event_id: str | None = None, operation: Literal["copy", "delete"] = "copy",
+                    retry_of: str | None = None, retry_report: FailedImagesReport | None = None) -> State:
     """Returns a final state whose data is the Execution (callers awaiting the flow get it).
 
     ``resources`` narrows the run to what an event named; ``operation="delete"`` replicates a
-    deletion (only for policies with replicate_deletion)."""
+    deletion (only for policies with replicate_deletion); ``retry_of``/``retry_report`` make it
+    a retry of what an execution did not copy."""
     liveness.keep_alive()
     logger = get_run_logger()
     loaded = load_policy(policy)
     trigger = runtime.effective_trigger(trigger)
+    pins: Pins | None = None
+    if retry_of is not None or retry_report is not None:
+        if resources is not None or operation != "copy":
+            raise ConfigError("a retry takes its images from the execution it retries: "
+                              "no resources, operation copy")
+        retried = await _retried(policy, retry_of, retry_report)
+        retry_of = retried.execution_id
+        resources, pins = retried.retry_selection()
+        if retry_of:
+            _label_retry(retry_of)
     await runtime.label_run(policy, trigger, event_id)
     if loaded.policy.single_active_replication and (other := await runtime.active_run_of(policy)):
         refused = f"refused: execution {other} of policy {policy} is still running " \
                   "and single_active_replication is on"
         return await _final(summarize(policy, Plan(repositories=[]), {}, refused=refused), trigger,
-                            event_id)
+                            event_id, retry_of)
 
     if operation == "delete":
         return await _final(await _replicate_deletion(loaded, resources or []), trigger, event_id)
+    if resources == [] and pins is not None:  # a retry of an execution that copied everything
+        return await _final(summarize(policy, Plan(repositories=[]), {}), trigger, event_id, retry_of)
 
     stop = StopSignal()
     async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
         found = await discover(source, loaded.policy, resources)
         await prepare(target, named(found, loaded.policy, target), source)
-        done = await _plan_and_transfer(source, target, loaded.policy, found, stop)
+        done = await _plan_and_transfer(source, target, loaded.policy, found, stop, pins)
         logger.info("plan: %d repositories, %d with tags to transfer", len(done.plan.repositories),
                     len(done.results))
         verified = await _verify(source, target, loaded.policy, found, stop)
     execution = summarize(policy, done.plan, done.results, stopped_reason=stop.reason if stop.is_set else "",
                           verify=verified)
     execution.transfers = done.started
-    return await _final(execution, trigger, event_id)
+    execution.traffic = traffic_of(source.client, target.client, done.blobs)
+    execution.report = build_report(policy, done.plan, done.results, source_host=source.client.host,
+                                    target_host=target.client.host, stopped=stop.is_set)
+    return await _final(execution, trigger, event_id, retry_of)
+
+
+async def _retried(policy: str, retry_of: str | None,
+                   report: FailedImagesReport | None) -> FailedImagesReport:
+    """The report a retry works from: the one given, else the execution's own artifact."""
+    if report is None:
+        assert retry_of is not None
+        first, report = await history.read_report(retry_of)
+        if report is None and not first.ended:
+            raise ConfigError(f"execution {first.name} is still {first.state}: stop it "
+                              f"(regflow executions stop) or let it end, then retry")
+        if report is None:
+            if first.state != "Completed":
+                raise ConfigError(f"execution {first.name} ended {first.state} without a failed-images "
+                                  "report: run the policy again instead")
+            report = FailedImagesReport(policy=first.policy, execution_id=first.id,
+                                        execution_name=first.name, created=datetime.now(UTC))
+    if report.policy != policy:
+        raise ConfigError(f"execution {report.execution_name or report.execution_id} is of policy "
+                          f"{report.policy}, not {policy}")
+    return report
+
+
+def _label_retry(first_id: str) -> None:
+    """The ``retry-of:<id>`` tag, also on a run started with the parameter alone (the UI):
+    runtime.label_run keeps the tags the run began with, which this adds to."""
+    context = FlowRunContext.get()
+    tag = f"{history.RETRY_TAG}{first_id}"
+    if context is not None and context.flow_run is not None and tag not in context.flow_run.tags:
+        context.flow_run.tags.append(tag)
 
 
 @task(name="delete", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
@@ -136,7 +206,8 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
     if not policy.replicate_deletion:
         return summarize_deletions(policy.name, [])  # nothing to do: deletions stay on the source
     async with open_adapters(loaded) as (source, target):
-        _RUN.set(_Run(source, target, BlobCopier(source.client, target.client)))
+        blobs = BlobCopier(source.client, target.client)
+        _RUN.set(_Run(source, target, blobs))
         results = []
         for spec in delete_specs(resources, policy, target):
             state: State = await delete(spec, return_state=True)  # type: ignore[misc]
@@ -144,6 +215,7 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
             results.append(data.result if isinstance(data, TransferIncomplete) else data)
     execution = summarize_deletions(policy.name, [r for r in results if isinstance(r, TransferResult)])
     execution.transfers = len(results)
+    execution.traffic = traffic_of(source.client, target.client, blobs)
     return execution
 
 
@@ -152,10 +224,11 @@ class _Transferred:
     plan: Plan
     results: dict[str, TransferResult | BaseException]  # every repository with work, started or not
     started: int  # transfer task runs, which the server records
+    blobs: BlobCopier  # its counters are part of the execution's traffic
 
 
 async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
-                             stop: StopSignal) -> _Transferred:
+                             stop: StopSignal, pins: Pins | None = None) -> _Transferred:
     """Plans every repository and transfers those with work, each transfer starting as soon as
     its own repository's plan is known: planning the rest (a HEAD or two per tag) overlaps the
     copying instead of preceding it (~0.7 s of a 50-repository full copy)."""
@@ -199,7 +272,7 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
     # a lane starts with the first spec it can take, so a no-change resync starts none.
     lanes: list[asyncio.Task[None]] = []
     try:
-        async for i, repository in plan_each(source, target, policy, found):
+        async for i, repository in plan_each(source, target, policy, found, pins=pins):
             planned[i] = repository
             if (spec := repository.spec(policy)) is None:
                 continue
@@ -223,7 +296,7 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
         plan=Plan(repositories=[planned[i] for i in range(len(found))]),
         results={s.source_repository: results.get(s.source_repository, ReplicationError("not started"))
                  for s in specs},
-        started=started)
+        started=started, blobs=blobs)
 
 
 async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
@@ -240,10 +313,14 @@ async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[
     return report
 
 
-async def _final(execution: Execution, trigger: str, event_id: str | None) -> State:
-    execution.trigger, execution.event_id = trigger, event_id
+async def _final(execution: Execution, trigger: str, event_id: str | None,
+                 retry_of: str | None = None) -> State:
+    execution.trigger, execution.event_id, execution.retry_of = trigger, event_id, retry_of
     execution.flow_run_id = runtime.current_run_id()
-    await runtime.publish(execution)
+    if execution.report is not None:
+        execution.report.execution_id = execution.flow_run_id
+        execution.report.execution_name = flow_run.name
+    await asyncio.gather(runtime.publish(execution), details.publish(execution))
     if execution.status == "Succeeded":
         return Completed(message=execution.message, data=execution)
     if execution.status == "Stopped":

@@ -255,6 +255,9 @@ async def _artifacts(execution: Execution) -> None:
         key=f"replication-summary-{_slug(execution.policy)}",
         description=execution.message,
     )
+    if execution.traffic is not None:  # read back by serve's /metrics (deployments/metrics.py)
+        await acreate_table_artifact(execution.traffic.rows(), key=f"traffic-{_slug(execution.policy)}",
+                                     description="Registry answers by status, rate-limit holds, blob routes")
 
 
 def _slug(name: str) -> str:

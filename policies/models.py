@@ -123,6 +123,19 @@ class WebhookSettings(_Model):
         return secret_source(self.secret)
 
 
+# Registry types whose url names a local directory (file:///absolute/path), not an HTTP
+# endpoint: an OCI image layout per repository under it (adapters/oci_layout.py).
+DIRECTORY_TYPES: Final = frozenset({"oci-layout"})
+
+
+def _directory_url(value: str) -> str:
+    parts = urlsplit(value)
+    if (parts.scheme != "file" or parts.netloc or parts.query or parts.fragment or value != value.strip()
+            or not parts.path.startswith("/") or not parts.path.strip("/")):
+        raise ValueError(f"{value!r} is not a file:///absolute/path URL (this registry type is a directory)")
+    return value.rstrip("/")
+
+
 class Registry(_Model):
     name: Name
     description: str = ""
@@ -148,8 +161,10 @@ class Registry(_Model):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
         parts = urlsplit(value)
+        if info.data.get("type") in DIRECTORY_TYPES:
+            return _directory_url(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or value != value.strip():
             raise ValueError(f"{value!r} is not an http(s)://host[:port][/prefix] URL")
         if parts.username is not None or parts.password is not None:
@@ -302,6 +317,49 @@ class Trigger(_Model):
         return self
 
 
+# Retention of executions (flows/retention.py). Harbor keeps the newest 50 executions of each
+# replication policy whatever their age and sweeps once a day; regflow keeps the newest
+# DEFAULT_KEEP_LAST and, beyond those, whatever finished within DEFAULT_RETENTION_DAYS: a month
+# of history to look back on, and at least a hundred runs for a policy that rarely runs.
+DEFAULT_RETENTION_DAYS: Final = 30
+DEFAULT_KEEP_LAST: Final = 100
+# Each sweep reads the kept runs back and holds them while it judges the older ones: a bound on
+# that, and more history than anyone pages through.
+MAX_KEEP_LAST: Final = 10_000
+# A century: datetime arithmetic leaves its range past ~2,000 years, and no history is older.
+MAX_RETENTION_DAYS: Final = 36_500
+
+
+class Retention(_Model):
+    """Which finished executions of a policy are deleted: those older than ``days`` that are
+    not among the newest ``keep_last``. Running and scheduled ones are never deleted."""
+
+    # strict: YAML's ``true`` or ``7.5`` is a mistake here, not 1 or 7.
+    days: int = Field(default=DEFAULT_RETENTION_DAYS, strict=True)
+    keep_last: int = Field(default=DEFAULT_KEEP_LAST, strict=True)
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: int) -> int:
+        if not 0 <= value <= MAX_RETENTION_DAYS:
+            raise ValueError(f"{value} is not 0 (only keep_last keeps) to {MAX_RETENTION_DAYS} days")
+        return value
+
+    @field_validator("keep_last")
+    @classmethod
+    def _keep_last(cls, value: int) -> int:
+        if not 0 <= value <= MAX_KEEP_LAST:
+            raise ValueError(f"{value} is not 0 (only days keeps) to {MAX_KEEP_LAST} executions")
+        return value
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Self:
+        if self.days == 0 and self.keep_last == 0:
+            raise ValueError("days 0 and keep_last 0 would delete every finished execution: "
+                             "set one of them above 0")
+        return self
+
+
 class Policy(_Model):
     name: Name
     description: str = ""
@@ -322,6 +380,9 @@ class Policy(_Model):
     # After copying, check that the target holds every selected tag whole (tasks/verify.py); a
     # tag or blob found missing fails the execution.
     verify: bool = False
+    # Unset here: the file's top-level ``retention``, else the defaults (Config fills it in, so
+    # the store keeps what applies).
+    retention: Retention = Field(default_factory=Retention)
 
     @field_validator("src_registry", "dest_registry")
     @classmethod
@@ -374,6 +435,8 @@ class Config(_Model):
     version: Literal[1]
     registries: list[Registry] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
+    # The retention of the policies in this file, for each field a policy does not set itself.
+    retention: Retention | None = None
 
     @model_validator(mode="after")
     def _cross_references(self) -> Self:
@@ -391,9 +454,22 @@ class Config(_Model):
             policy_names.add(policy.name)
             # Whether src_registry/dest_registry exist is the store's question: a policy-only
             # file may use registries applied earlier (Store.apply checks file and store).
+            if self.retention is not None:
+                try:
+                    policy.retention = _inherit(policy, self.retention)
+                except ValidationError as exc:
+                    reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    problems.append(f"{where}.retention: {reason}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _inherit(policy: Policy, default: Retention) -> Retention:
+    """The file's retention with whatever the policy sets itself on top, field by field."""
+    own = policy.retention.model_dump(include=policy.retention.model_fields_set) \
+        if "retention" in policy.model_fields_set else {}
+    return Retention.model_validate(default.model_dump() | own)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

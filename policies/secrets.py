@@ -190,16 +190,20 @@ def _derive_key(passphrase: str) -> bytes:
 
 
 def _create_key_file(path: Path) -> None:
-    """Write a new key so that no reader ever sees a partial file and no key is overwritten."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE_NAME}.")  # mkstemp: mode 0600
+    create_private_file_once(path, Fernet.generate_key() + b"\n")
+
+
+def create_private_file_once(path: Path, content: bytes) -> None:
+    """Write a new secret file (mode 0600) so that no reader ever sees a partial file and none
+    is overwritten: when two processes race, the first file wins and both use it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(Fernet.generate_key() + b"\n")
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         try:
-            # link, not rename: when two processes race, the first key wins and both use it.
-            os.link(tmp, path)
+            os.link(tmp, path)  # link, not rename: an existing file is kept
         except FileExistsError:
             pass
     finally:

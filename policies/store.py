@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 import sqlmodel
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, delete
+from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, delete, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -42,6 +42,12 @@ SECRET_FIELDS: Final = (("credential", "access_secret"), ("webhook", "secret"))
 # purge abandoned uploads on their own schedule (distribution: 7 days by default, others sooner),
 # and asking about a purged one costs only a status request, so a day keeps the useful ones.
 UPLOAD_SESSION_MAX_AGE: Final = timedelta(days=1)
+# How long a change waits for another process's change to the SQLite file before giving up: an
+# apply that seals secrets can take seconds, and the waiter has nothing better to do.
+SQLITE_WAIT_SECONDS: Final = 30.0
+# The PostgreSQL advisory lock that serializes changes to registries and policies: any fixed
+# number no other user of the database takes (these are the bytes of "regflow!").
+CHANGE_LOCK_KEY: Final = 0x7265_6766_6C6F_7721
 
 
 class _Table(SQLModel, registry=mapper_registry()):
@@ -118,7 +124,9 @@ class Store:
     def __init__(self, url: str | None = None) -> None:
         self.url = _driver_url(url or database_url())
         try:
-            self._engine: Engine = create_engine(self.url)
+            on_sqlite = self.url.get_backend_name() == "sqlite"
+            self._engine: Engine = create_engine(
+                self.url, connect_args={"timeout": SQLITE_WAIT_SECONDS} if on_sqlite else {})
         except ImportError:
             raise ConfigError(
                 f"{self._safe_url()} needs the PostgreSQL driver: install regflow[postgres] (psycopg)",
@@ -148,7 +156,7 @@ class Store:
             _check_type(registry, f"registries[{i}]")
         report = ApplyReport()
         now = datetime.now(UTC)
-        with self._transaction() as session:
+        with self._changing() as session:
             old_registries = _rows(session, RegistryRow)
             old_policies = _rows(session, PolicyRow)
             _check_policies(config, old_registries, prune)
@@ -218,14 +226,15 @@ class Store:
     def public_view(item: Registry | Policy) -> dict[str, Any]:
         return public_view(item)
 
-    # ------------------------------------------------------------------------------ deletes
+    # ------------------------------------------------------------------ deletes and switches
     def delete_policy(self, name: str) -> None:
-        with self._transaction() as session:
+        with self._changing() as session:
             session.delete(_get(session, PolicyRow, name))
 
     def delete_registry(self, name: str) -> None:
-        """Delete registry ``name``; refused while a policy uses it."""
-        with self._transaction() as session:
+        """Delete registry ``name``, and with its row its sealed secret; refused while a policy
+        uses it (Harbor's rule)."""
+        with self._changing() as session:
             row = _get(session, RegistryRow, name)
             users = [p.name for p in _ordered(session, PolicyRow) if name in _registries_of(p)]
             if users:
@@ -234,6 +243,26 @@ class Store:
                     "delete that policy or point it at another registry first"
                 )
             session.delete(row)
+
+    def enable_policy(self, name: str) -> bool:
+        """Enable policy ``name``; False if it already was."""
+        return self._switch(name, enabled=True)
+
+    def disable_policy(self, name: str) -> bool:
+        """Disable policy ``name`` (no trigger starts it; see deployments.sync); False if it already was."""
+        return self._switch(name, enabled=False)
+
+    def _switch(self, name: str, *, enabled: bool) -> bool:
+        with self._changing() as session:
+            row = _get(session, PolicyRow, name)
+            if _load(Policy, row).enabled == enabled:
+                return False
+            spec = json.loads(row.spec)
+            spec["enabled"] = enabled
+            row.spec = json.dumps(spec)
+            row.updated_at = datetime.now(UTC)
+            session.add(row)
+            return True
 
     # ------------------------------------------------------------------------ upload sessions
     # One row each, written on its own (an upsert, not a read-modify-write of anything shared), so
@@ -280,6 +309,22 @@ class Store:
     def _transaction(self) -> Iterator[Session]:
         self._prepare()
         with Session(self._engine) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _changing(self) -> Iterator[Session]:
+        """A transaction that changes registries or policies, one at a time across processes and
+        machines: what it checked first (a registry no policy uses, the registries a policy names)
+        still holds when it commits. Such changes are rare and quick, so waiting costs nothing."""
+        with self._transaction() as session:
+            if self.url.get_backend_name() == "sqlite":
+                connection = session.connection()
+                # A deleted row's bytes would otherwise stay in the file's free pages.
+                connection.exec_driver_sql("PRAGMA secure_delete = ON")
+                # Its driver would begin only at the first write, after the reads that checked it.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHANGE_LOCK_KEY})
             yield session
 
     def _prepare(self) -> None:

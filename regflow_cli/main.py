@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from adapters.errors import ConfigError, ReplicationError
 from regflow_cli import failures
+from regflow_cli import prune as _prune  # noqa: F401  (registers `executions prune`)
 from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, user_errors
 from regflow_cli.common import store as _store
+from regflow_cli.copy import copy_command
 from regflow_cli.manage import policy_app, registry_app
 from regflow_cli.runs import executions_app
 
@@ -34,17 +37,23 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 app.add_typer(executions_app, name="executions")
+app.command(name="copy")(copy_command)
 
 
 @app.command()
 def apply(file: Annotated[Path, typer.Option("-f", "--file", help="config file (version: 1)")],
           prune: Annotated[bool, typer.Option(help="delete registries/policies not in the file")] = False,
+          as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")]
+          = False,
           ) -> None:
     """Create or update registries and policies from a config file, idempotently."""
     from policies.config_file import load_config_file
     with user_errors():
         config = load_config_file(file)
         report = _store().apply(config, prune=prune)
+    if as_json:
+        print(report.model_dump_json())
+        return
     for verb in ("created", "updated", "deleted", "unchanged"):
         for item in getattr(report, verb):
             out.print(f"{verb:9} {item}", highlight=False)
@@ -57,6 +66,8 @@ def replicate(
     policy: str,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="write the failed-images report (JSON) to this file")] = None,
 ) -> None:
     """Run a policy now, as one execution (a Prefect flow run)."""
     from tasks.load import load_policy
@@ -69,7 +80,7 @@ def replicate(
     from flows import embedded
     with user_errors():
         embedded.configure()
-    execution = _run_flow(policy, as_json)
+    execution = _run_flow(policy, as_json, report=report)
     if as_json:
         print(json.dumps(execution.public()))
     else:
@@ -77,18 +88,28 @@ def replicate(
     raise typer.Exit(EXIT_OK if execution.status == "Succeeded" else EXIT_FAILED)
 
 
-def _run_flow(policy: str, quiet: bool) -> Any:
+def _run_flow(policy: str, quiet: bool, *, report: Path | None = None,
+              parameters: dict[str, Any] | None = None) -> Any:
+    """Runs the flow here; ``parameters`` are the flow's others (a retry's); ``report``
+    receives the failed-images report, empty when every image was copied."""
     from flows.replicate import replicate as replicate_flow
+    from tasks.report import FailedImagesReport, write_report_file
     from tasks.summary import Execution
     failures.quiet_console_tracebacks()
+    if report is not None and not report.parent.is_dir():
+        fail(f"--report {report}: no directory {report.parent}")
 
     async def run() -> Execution:
-        state = await replicate_flow(policy=policy, trigger="manual", return_state=True)
+        state = await replicate_flow(policy=policy, trigger="manual", return_state=True, **(parameters or {}))
         result = await state.aresult(raise_on_failure=False)
         if isinstance(result, ConfigError):
             raise result  # bad input found inside the run (e.g. a CA bundle): exit 2
         if not isinstance(result, Execution):
             fail(f"execution ended {state.name}: {state.message}", EXIT_FAILED)
+        if report is not None:
+            from datetime import UTC, datetime
+            write_report_file(result.report or FailedImagesReport(
+                policy=policy, execution_id=result.flow_run_id, created=datetime.now(UTC)), report)
         # Not waiting for the server to record the task runs: `regflow executions` does.
         return result
 
@@ -241,7 +262,7 @@ def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> N
         code = failures.expected_exit_code(exc)
         if code is None or failures.debugging():
             raise
-        err.print(f"[red]error:[/red] {failures.one_line(exc)}", highlight=False, markup=True,
+        err.print(f"[red]error:[/red] {escape(failures.one_line(exc))}", highlight=False, markup=True,
                   soft_wrap=True)
         sys.exit(code)
 

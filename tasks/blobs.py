@@ -96,6 +96,9 @@ class BlobCopier:
         # re-reads only what the registry kept since (another process re-reads from byte 0).
         self._hashed: dict[tuple[str, str], tuple[int, hashlib._Hash]] = {}
         self.bytes_uploaded = 0
+        # Blobs placed by this copier, by route: bytes sent, or none (mounted, or there already).
+        self.blobs_uploaded = 0
+        self.blobs_mounted = 0
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
                      chunked: bool = False) -> int:
@@ -169,15 +172,18 @@ class BlobCopier:
         find the blob there or open a session, then upload."""
         if chunked and (status := await self._left_open(target_repo, blob.digest)) is not None:
             await self._upload_chunked(source_repo, target_repo, blob, status, sent)
+            self.blobs_uploaded += 1
             return
         location = await self._open(source_repo, target_repo, blob.digest)
         if location is None:
+            self.blobs_mounted += 1
             return  # already there
         if chunked:
             await self._upload_chunked(source_repo, target_repo, blob, UploadStatus(location, 0), sent)
         else:
             await self._upload_monolithic(source_repo, target_repo, blob, location)
             sent.bytes += blob.size
+        self.blobs_uploaded += 1
 
     async def _left_open(self, target_repo: str, digest: Digest) -> UploadStatus | None:
         """Where a session an earlier attempt (of any run) left open stands, if it still exists."""

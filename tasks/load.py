@@ -34,7 +34,7 @@ def load_policy(name: str, store: Store | None = None) -> LoadedPolicy:
     store = store or Store()
     policy = store.policy(name)
     if not policy.enabled:
-        raise ConfigError(f"policy {name!r} is disabled", field="enabled")
+        raise ConfigError(f"policy {name!r} is disabled (regflow policy enable {name} turns it on)")
     if policy.src_registry is None or policy.dest_registry is None:
         raise ConfigError(f"policy {name!r} needs both src_registry and dest_registry")
     return LoadedPolicy(policy=policy, source=_side(store, policy.src_registry),

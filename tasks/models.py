@@ -71,3 +71,59 @@ class TransferResult(BaseModel):
     @property
     def error(self) -> str:
         return "; ".join(f"{t.tag}: {t.reason}" for t in self.tags if t.status == "failed")
+
+
+TrafficRole = Literal["source", "target"]
+
+
+class RegistryTraffic(BaseModel):
+    """What one execution asked of one side's registry."""
+
+    host: str = ""
+    # Answers by HTTP status ("200", "429", ...); "error" for requests that got no answer.
+    responses: dict[str, int] = {}
+    # Times a 429's Retry-After (or a vendor's rate-limit header) held every request to it.
+    holds: int = 0
+
+
+class Traffic(BaseModel):
+    """An execution's work beyond tags and bytes, recorded once at its end for `/metrics`
+    (deployments/metrics.py reads it back from the run's ``replication-traffic-*`` artifact)."""
+
+    blobs_uploaded: int = 0
+    # Placed without sending bytes: a cross-repository mount, or the target held it already.
+    blobs_mounted: int = 0
+    registries: dict[TrafficRole, RegistryTraffic] = {}
+
+    def rows(self) -> list[dict[str, object]]:
+        """The artifact's table, one count a row: the blob routes, then each registry side's
+        holds (its host in ``key``) and its answers by status."""
+        rows: list[dict[str, object]] = [
+            {"role": "target", "kind": "blobs_uploaded", "key": "", "count": self.blobs_uploaded},
+            {"role": "target", "kind": "blobs_mounted", "key": "", "count": self.blobs_mounted}]
+        for role, side in sorted(self.registries.items()):
+            rows.append({"role": role, "kind": "holds", "key": side.host, "count": side.holds})
+            rows.extend({"role": role, "kind": "responses", "key": status, "count": n}
+                        for status, n in sorted(side.responses.items()))
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, object]]) -> Traffic:
+        """The inverse of ``rows``; rows it does not know are left out, so an older or newer
+        run's artifact still reads."""
+        traffic = cls()
+        for row in rows:
+            role, kind, count = row.get("role"), row.get("kind"), row.get("count")
+            key = str(row.get("key", ""))
+            if role not in ("source", "target") or not isinstance(count, int) or count < 0:
+                continue
+            side = traffic.registries.setdefault(role, RegistryTraffic())
+            if kind == "blobs_uploaded":
+                traffic.blobs_uploaded = count
+            elif kind == "blobs_mounted":
+                traffic.blobs_mounted = count
+            elif kind == "holds":
+                side.host, side.holds = key, count
+            elif kind == "responses" and key:
+                side.responses[key] = count
+        return traffic

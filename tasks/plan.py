@@ -12,7 +12,7 @@ the first while it plans the rest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -43,6 +43,8 @@ KEEP_MANIFEST_BYTES = 16 * 1024
 ASK_FOR_ANY_TAG_ABOVE = 2
 
 Action = Literal["copy", "overwrite", "identical", "kept"]
+# A retry's pins: repository -> tag -> the digest the first execution planned for it.
+Pins = Mapping[str, Mapping[str, Digest]]
 
 
 class PlannedTag(BaseModel):
@@ -59,6 +61,9 @@ class PlannedRepository(BaseModel):
     target_repository: str
     tags: list[PlannedTag]
     error: str = ""
+    # Why planning this repository failed, for the failed-images report (tasks/report.py).
+    error_class: str = ""
+    error_transient: bool = False
 
     def spec(self, policy: Policy) -> TransferSpec | None:
         work = [TagPlan(tag=t.tag, digest=t.digest, target_digest=t.target_digest, checked_target=True,
@@ -109,20 +114,24 @@ def _named(item: RepositoryTags, policy: Policy, target: Adapter) -> PlannedRepo
                                  target_repository=target_name(item.repository, policy, target), tags=[])
     except ConfigError as exc:
         return PlannedRepository(source_repository=item.repository, target_repository="", tags=[],
-                                 error=str(exc))
+                                 error=str(exc), error_class=type(exc).__name__)
 
 
 async def make_plan(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
-                    measure: bool = False) -> Plan:
+                    measure: bool = False, pins: Pins | None = None) -> Plan:
     planned: dict[int, PlannedRepository] = {}
-    async for i, repository in plan_each(source, target, policy, found, measure=measure):
+    async for i, repository in plan_each(source, target, policy, found, measure=measure, pins=pins):
         planned[i] = repository
     return Plan(repositories=[planned[i] for i in range(len(found))])
 
 
 async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
-                    measure: bool = False) -> AsyncIterator[tuple[int, PlannedRepository]]:
-    """Each repository's plan with its index in ``found``, in the order they complete."""
+                    measure: bool = False, pins: Pins | None = None,
+                    ) -> AsyncIterator[tuple[int, PlannedRepository]]:
+    """Each repository's plan with its index in ``found``, in the order they complete.
+
+    A tag in ``pins`` is read from the source by that digest, not by its name: a retry copies
+    what the first execution planned even if the tag has moved since."""
     slots = asyncio.Semaphore(PLAN_CONCURRENCY)
     repositories = asyncio.Semaphore(PLAN_REPOSITORIES_AT_ONCE)
 
@@ -130,14 +139,16 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         # When the target lacks the tag the transfer needs the manifest itself, so a GET here
         # replaces the HEAD and the transfer's own GET.
         manifest = None
+        ref = str(pinned) if pins and (pinned := pins.get(src_repo, {}).get(tag)) else tag
         async with slots:
             if existing is None:
-                head_digest, manifest = await _source_manifest(source, src_repo, tag)
+                head_digest, manifest = await _source_manifest(source, src_repo, ref)
             else:
-                head = await source.client.head_manifest(src_repo, tag)
+                head = await source.client.head_manifest(src_repo, ref)
                 head_digest = head.digest if head else None
         if head_digest is None:
-            raise ReplicationError(f"{src_repo}:{tag} vanished from the source")
+            raise ReplicationError(f"{src_repo}:{tag} ({ref}) vanished from the source" if ref != tag
+                                   else f"{src_repo}:{tag} vanished from the source")
         action: Action = "copy"
         if existing is not None:
             action = "identical" if existing.digest == head_digest else (
@@ -165,6 +176,7 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
         except ReplicationError as exc:
             # Planning failures surface as a failed task for this repository, not a dead run.
             repository.error = str(exc)
+            repository.error_class, repository.error_transient = type(exc).__name__, exc.transient
             return repository
         repository.tags = list(tags)
         return repository

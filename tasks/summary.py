@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from tasks.models import TagOutcome, TaskStatus, TransferResult
+from tasks.models import TagOutcome, TaskStatus, Traffic, TransferResult
 from tasks.plan import Plan
+from tasks.report import FailedImagesReport
 from tasks.verify import VerifyReport
 
 ExecutionStatus = Literal["Succeeded", "Failed", "Stopped", "InProgress"]
@@ -47,6 +48,10 @@ class Execution(BaseModel):
     flow_run_id: str | None = None
     tasks: list[TaskSummary] = []
     verify: VerifyReport | None = None  # the policy's verification step, when it ran
+    traffic: Traffic | None = None  # what the run asked of its registries, for /metrics
+    retry_of: str | None = None  # the execution this one retries (its flow run id)
+    # Every image not copied; written as an artifact and by --report, not part of --json.
+    report: FailedImagesReport | None = Field(default=None, exclude=True)
 
     def public(self) -> dict[str, object]:
         """The CLI's ``--json`` object."""

@@ -15,6 +15,7 @@ import os
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -46,10 +47,11 @@ from adapters.errors import (
 )
 from adapters.oci import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Digest, Manifest, parse_manifest
 
-# Connections kept open to one registry. Registries on small machines are CPU-bound well
-# before this; the transfer's own semaphores decide how many requests are in flight. Over
-# HTTP/2 one connection carries them all.
-MAX_CONNECTIONS_PER_HOST = 16
+# Connections kept open to one registry: as many as blobs move at once (BLOB_CONCURRENCY).
+# httpcore's pool looks at every connection on each request and answer, so a bigger pool costs
+# client CPU without moving bytes faster (docs/decisions.md). Over HTTP/2 one connection
+# carries every stream.
+MAX_CONNECTIONS_PER_HOST = 8
 # An idle connection is closed after this long: it spans the pauses between a run's phases
 # (planning, then blobs, then manifests) and stays under the idle timeouts of the proxies and
 # load balancers in front of registries (nginx 75 s, AWS ALB 60 s), so a request never goes
@@ -178,6 +180,9 @@ class DistributionClient:
             event_hooks={"response": [cap_bodies_httpx_reads]},
         )
         self.requests_made = 0
+        # Answers by status ("error": none came), and holds started: an execution's traffic.
+        self.responses: Counter[str] = Counter()
+        self.holds = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
 
     def __repr__(self) -> str:
@@ -278,7 +283,12 @@ class DistributionClient:
         self.requests_made += 1
         with _transport_errors(method, self._full(url)):
             # Always streamed, so that no body is read before its cap applies.
-            response = await self._http.send(request, stream=True)
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.TransportError:
+                self.responses["error"] += 1
+                raise
+            self.responses[str(response.status_code)] += 1
             if self._observer is not None:
                 self.hold_for(self._observer(response))
             if response.status_code not in ok:
@@ -294,6 +304,7 @@ class DistributionClient:
     def hold_for(self, seconds: float | None) -> None:
         """Send nothing more to this registry for ``seconds`` (at most MAX_HOLD_SECONDS)."""
         if seconds:
+            self.holds += 1
             self._hold_until = max(self._hold_until,
                                    time.monotonic() + min(seconds, MAX_HOLD_SECONDS))
 

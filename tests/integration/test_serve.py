@@ -119,14 +119,15 @@ async def test_schedules_api_runs_events_deletions_auth_and_bursts(serve, make_c
         scheduled = [r for r in await runs_of(server, "every5") if "trigger:schedule" in r.tags]
         assert scheduled, "no run labelled as started by its schedule"
 
-        # A policy disabled with `regflow apply` loses its deployment; serve keeps going.
+        # A policy disabled with `regflow apply` keeps its deployment, paused with its schedule
+        # off (its history stays attached); serve keeps going.
         config, env = serve_apply
         disabled = config.read_text().replace("  - name: every5", "  - name: every5\n    enabled: false")
         config.write_text(disabled)
         subprocess.run([sys.executable, "-m", "regflow_cli.main", "apply", "-f", str(config)], env=env,
                        check=True, capture_output=True)
         async with server.client() as client:
-            await until(lambda: _no_deployment(client, "replicate/every5"), 30, "every5's deployment gone")
+            await until(lambda: _paused(client, "replicate/every5"), 30, "every5's deployment paused")
 
         # A push reaches the target through the webhook, as an event-triggered run.
         pushed_at = time.monotonic()
@@ -176,8 +177,9 @@ async def _deployment(client, name: str):  # type: ignore[no-untyped-def]
         return None
 
 
-async def _no_deployment(client, name: str) -> bool:  # type: ignore[no-untyped-def]
-    return await _deployment(client, name) is None
+async def _paused(client, name: str) -> bool:  # type: ignore[no-untyped-def]
+    d = await _deployment(client, name)
+    return d is not None and d.paused and not any(s.active for s in d.schedules)
 
 
 async def _completed(client, run_id) -> bool:  # type: ignore[no-untyped-def]

@@ -147,3 +147,16 @@ async def test_a_dry_run_measures_a_missing_tag_from_the_manifest_the_plan_read(
     [repository] = plan.repositories
     assert repository.tags[0].bytes == MANIFEST.size + CONFIG["size"]
     assert source.calls == [("GET", "new")]  # not again by digest to count its blobs
+
+
+async def test_a_pinned_tag_is_read_by_its_digest_not_by_its_name() -> None:
+    source = Source()
+    pinned = MANIFEST.digest
+    plan = await make_plan(adapter(source), adapter(Target({"held"})), POLICY,  # type: ignore[arg-type]
+                           [RepositoryTags(repository="app", tags=["new", "held", "free"])],
+                           pins={"app": {"new": pinned, "held": pinned}})
+    [repository] = plan.repositories
+    assert {t.tag: (t.digest, t.action) for t in repository.tags} == {
+        "new": (pinned, "copy"), "held": (pinned, "identical"), "free": (MANIFEST.digest, "copy")}
+    # The first run's digest, never the tag's name, for the pinned ones; the name for the rest.
+    assert sorted(source.calls) == [("GET", "free"), ("GET", str(pinned)), ("HEAD", str(pinned))]
