@@ -409,3 +409,19 @@ async def test_an_archive_round_trip_and_what_extraction_refuses(tmp_path: Path)
     (tmp_path / "empty-out").mkdir()
     with pytest.raises(ContentError, match="no OCI image layout"):
         extract_archive(tmp_path / "empty.tar", tmp_path / "empty-out")
+
+
+async def test_the_layout_client_has_every_attribute_a_distribution_client_gets() -> None:
+    """OciLayoutClient skips DistributionClient.__init__ (it has no HTTP to set up): whatever
+    that __init__ adds for the engine to read (counters, holds) must be set here too, or a
+    policy into a layout fails at its end (it did once: `responses`)."""
+    from adapters.distribution.client import DistributionClient
+
+    http_only = {"_http", "_token_http", "auth", "_origin"}
+    remote = DistributionClient(Endpoint(url="http://127.0.0.1:9"))
+    try:
+        layout = OciLayoutClient(Endpoint(url="file:///tmp/regflow-layout-attributes"))
+        missing = set(vars(remote)) - http_only - set(vars(layout))
+        assert not missing, f"OciLayoutClient lacks {sorted(missing)}"
+    finally:
+        await remote.aclose()
