@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import random
+import ssl
 import sys
 import threading
 import time
@@ -245,9 +246,9 @@ class Seeded:
 class Pusher:
     """Pushes blobs (mounting from a repository that has the blob already) and manifests."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, verify: ssl.SSLContext | bool = True) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(60.0, connect=10.0),
-                                 limits=httpx.Limits(max_connections=PUSH_WORKERS * 2))
+                                 limits=httpx.Limits(max_connections=PUSH_WORKERS * 2), verify=verify)
         self.lock = threading.Lock()
         self.linked: set[tuple[str, str]] = set()
         self.home: dict[str, str] = {}  # digest -> a repository holding it
@@ -298,10 +299,11 @@ def _streamed_layer(seed: int, mib: int) -> Iterator[bytes]:
         yield rng.randbytes(STREAM_CHUNK)
 
 
-def seed(url: str, shape: Shape, *, workers: int = PUSH_WORKERS) -> Seeded:
-    """Push the whole corpus into the registry at ``url``."""
+def seed(url: str, shape: Shape, *, workers: int = PUSH_WORKERS,
+         verify: ssl.SSLContext | bool = True) -> Seeded:
+    """Push the whole corpus into the registry at ``url`` (``verify``: its CA, for https)."""
     started = time.monotonic()
-    pusher = Pusher(url)
+    pusher = Pusher(url, verify)
     result = Seeded(shape.name)
     cache: dict[tuple[str, bool], Blob] = {}
     cache_lock = threading.Lock()
@@ -394,10 +396,10 @@ def _seed_streamed(pusher: Pusher, shape: Shape, result: Seeded) -> None:
 
 
 # --------------------------------------------------------------------------- checking
-def manifest_digests(url: str, refs: list[tuple[str, str]], *,
-                     workers: int = 8) -> dict[tuple[str, str], str | None]:
+def manifest_digests(url: str, refs: list[tuple[str, str]], *, workers: int = 8,
+                     verify: ssl.SSLContext | bool = True) -> dict[tuple[str, str], str | None]:
     """GET every (repository, tag) with the full Accept list; sha256 of the bytes (None = missing)."""
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60.0,
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60.0, verify=verify,
                       limits=httpx.Limits(max_connections=workers)) as http:
         def one(ref: tuple[str, str]) -> str | None:
             response = http.get(f"/v2/{ref[0]}/manifests/{ref[1]}", headers={"Accept": ACCEPT_ALL})
@@ -407,10 +409,10 @@ def manifest_digests(url: str, refs: list[tuple[str, str]], *,
             return dict(zip(refs, pool.map(one, refs), strict=True))
 
 
-def verify(url: str, seeded: Seeded) -> list[str]:
+def verify(url: str, seeded: Seeded, tls: ssl.SSLContext | bool = True) -> list[str]:
     """Every tag of the corpus, compared by the sha256 of the manifest bytes served; the problems."""
     refs = [(r, t) for r, t, _ in seeded.refs()]
-    got = manifest_digests(url, refs)
+    got = manifest_digests(url, refs, verify=tls)
     return [f"{r}:{t}: {got[(r, t)] or 'missing'} != {d}" for r, t, d in seeded.refs() if got[(r, t)] != d]
 
 

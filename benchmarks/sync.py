@@ -273,8 +273,9 @@ class Sample:
 
 class Bench:
     def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None,
-                 rtt_ms: float = 0.0, mbit: float = 0.0) -> None:
+                 rtt_ms: float = 0.0, mbit: float = 0.0, tls: bool = False) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.rtt_ms, self.mbit = rtt_ms, mbit
         self._relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
         self.tools = list(tools)
@@ -317,7 +318,8 @@ class Bench:
         return self._relays[key][1]
 
     def url_of(self, registry: RegistryProcess) -> str:
-        return f"http://{self.host_of(registry)}" if self.remote else registry.url
+        scheme = "https" if registry.tls is not None else "http"
+        return f"{scheme}://{self.host_of(registry)}" if self.remote else registry.url
 
     def drop_relay(self, registry: RegistryProcess) -> None:
         if (entry := self._relays.pop(id(registry), None)) is not None:
@@ -326,7 +328,7 @@ class Bench:
 
     # -- lifecycle
     def start_source(self) -> RegistryProcess:
-        self.src = RegistryProcess("anonymous", log_level="error", base_dir=self.workdir)
+        self.src = RegistryProcess("anonymous", log_level="error", base_dir=self.workdir, tls=self.tls)
         self.src.start()
         return self.src
 
@@ -407,12 +409,18 @@ class Bench:
             env["DO_NOT_TRACK"] = "1"
         return env
 
-    def apply(self, src_url: str, dst_url: str) -> None:
-        """Point the benchmark policies at this source and target (untimed)."""
+    def apply(self, src: RegistryProcess, dst: RegistryProcess) -> None:
+        """Point the benchmark policies at this source and target (untimed); over TLS regflow
+        verifies each registry against its own CA, as a user configures it."""
+        registries = []
+        for name, registry in (("bench-src", src), ("bench-dst", dst)):
+            entry: dict[str, object] = {"name": name, "type": "docker-registry", "url": self.url_of(registry)}
+            if registry.ca_pem is not None:
+                entry["ca_certificate"] = registry.ca_pem
+            registries.append(entry)
         config = {
             "version": 1,
-            "registries": [{"name": "bench-src", "type": "docker-registry", "url": src_url},
-                           {"name": "bench-dst", "type": "docker-registry", "url": dst_url}],
+            "registries": registries,
             "policies": [
                 # Everything, each repository at its own path on the target (skopeo's layout here).
                 {"name": POLICY, "src_registry": "bench-src", "dest_registry": "bench-dst",
@@ -492,7 +500,7 @@ class Bench:
             outputs = self.workdir / "outputs"
             outputs.mkdir(exist_ok=True)
             (outputs / f"{tool}-{phase}-{pair}.json").write_text(m.stdout)
-        bad = len(corpus.verify(dst.url, self.seeded)) if verify else 0
+        bad = len(corpus.verify(dst.url, self.seeded, dst.verify)) if verify else 0
         sample = Sample(self.seeded.shape, tool, phase, pair, m.wall, m.cpu, m.rss_mib, m.tree_rss_mib,
                         src_cpu, dst_cpu, server_cpu, sum(dst_mix.values()), sum(src_mix.values()),
                         bad, m.rc, load, dict(dst_mix), dict(src_mix), note)
@@ -614,7 +622,7 @@ def verdicts(samples: list[Sample], tools: Sequence[str]) -> list[str]:
 # it were 12% of the target's samples). The removal timed the previous run, not the tool.
 @contextlib.contextmanager
 def fresh_target(bench: Bench) -> Iterator[RegistryProcess]:
-    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir)
+    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir, tls=bench.tls)
     try:
         dst.start()
         yield dst
@@ -628,8 +636,8 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
     src = bench.start_source()
     bench.start_server_async()
     print(f"seeding {shape.name} into {src.url} ...", flush=True)
-    bench.seeded = corpus.seed(src.url, shape)
-    problems = corpus.verify(src.url, bench.seeded)
+    bench.seeded = corpus.seed(src.url, shape, verify=src.verify)
+    problems = corpus.verify(src.url, bench.seeded, src.verify)
     if problems:
         print("source verification failed:", *problems[:5], sep="\n  ")
         return 1
@@ -639,7 +647,7 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
     skopeo_groups = len(bench.skopeo_commands(src)) if "skopeo" in bench.tools else 0
     if warmup:
         with fresh_target(bench) as dst:
-            bench.apply(bench.url_of(src), bench.url_of(dst))
+            bench.apply(src, dst)
             for tool in bench.tools:
                 if tool != "skopeo":
                     bench.run(tool, "warmup", 0, dst, policy=WARMUP_POLICY, verify=False)
@@ -650,7 +658,7 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
         for tool in order:
             with fresh_target(bench) as dst:
                 if tool != "skopeo":
-                    bench.apply(bench.url_of(src), bench.url_of(dst))
+                    bench.apply(src, dst)
                 for phase in ("full", "resync"):
                     s = bench.run(tool, phase, pair, dst)
                     failed += bool(s.rc or s.bad_tags)
@@ -661,7 +669,7 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
 def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: int) -> None:
     s = bench.seeded
     where = (f"behind relays: {bench.rtt_ms:g} ms round trip, {bench.mbit:g} Mbit/s per connection"
-             if bench.remote else "loopback")
+             if bench.remote else "loopback") + (", https" if bench.tls else ", http")
     print(f"\n### {shape.name}: {s.describe()}; {where}; pairs={pairs}; median [min-max]")
     print(f"skopeo: {skopeo_groups} sync invocations (one per parent namespace)\n")
     print("\n".join(table(bench.samples, bench.tools, ("warmup", "full", "resync"))))
@@ -687,20 +695,20 @@ def scale_mode(bench: Bench, repos: int, pairs: int) -> int:
     shape = corpus.scale_shape(repos)
     src = bench.start_source()
     print(f"seeding {shape.name} ({corpus.estimate(shape)}) ...", flush=True)
-    bench.seeded = corpus.seed(src.url, shape)
+    bench.seeded = corpus.seed(src.url, shape, verify=src.verify)
     print(f"  {bench.seeded.describe()}; pushed in {bench.seeded.seconds:.1f} s", flush=True)
-    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir)
+    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir, tls=bench.tls)
     try:
         # An identical target without a second push: the filesystem storage copied as it is.
         started = time.monotonic()
         subprocess.run(["cp", "-a", f"{src.data_dir}/.", str(dst.data_dir)], check=True)
         dst.start()
         print(f"  target = copy of the source storage ({time.monotonic() - started:.1f} s)", flush=True)
-        problems = corpus.verify(dst.url, bench.seeded)
+        problems = corpus.verify(dst.url, bench.seeded, dst.verify)
         if problems:
             print("target verification failed:", *problems[:5], sep="\n  ")
             return 1
-        bench.apply(src.url, dst.url)
+        bench.apply(src, dst)
         failed = 0
         startup = run_measured([bench._regflow_argv("policy", "show", POLICY)],
                                bench.regflow_env("regflow-embedded"), bench.log)
@@ -751,6 +759,8 @@ def main() -> int:
                     "(benchmarks/latency.py)")
     ap.add_argument("--mbit", type=float, default=0.0,
                     help="with the relay: Mbit/s per connection (0: no cap)")
+    ap.add_argument("--tls", action="store_true",
+                    help="registries serve https (a CA each); regflow verifies, skopeo skips verification")
     ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
                     help="every sample is appended here as a JSON line")
     args = ap.parse_args()
@@ -781,7 +791,7 @@ def main() -> int:
           f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
           flush=True)
     bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None,
-                  rtt_ms=args.rtt_ms, mbit=args.mbit)
+                  rtt_ms=args.rtt_ms, mbit=args.mbit, tls=args.tls)
     started = time.monotonic()
     rc = 1
     try:
