@@ -33,6 +33,12 @@ Prefect server, with a REGFLOW_HOME of its own, so that old and new code are mea
 side in one run on the same corpus. Its CPU and RSS are those of its ``regflow`` process tree
 (an old regflow that forked its calls from a warm process ran outside that tree: compare wall).
 
+``--rtt-ms N [--mbit M]`` puts each registry behind a loopback relay of its own
+(benchmarks/latency.py: N ms round trip, M Mbit/s per connection, a round trip per connection
+opened), so every tool pays round trips and handshakes as with remote registries; ``--tls``
+makes the registries serve https (regflow verifies each against its CA; skopeo is run with
+verification off, the handshakes are the same). The relays' own CPU is on the same machine.
+
 ``--smoke`` runs skopeo and regflow-server only (add ``--tools regflow-embedded,...`` for the
 embedded mode: its Prefect start would take the smoke past a minute on a loaded machine).
 
