@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from adapters.errors import ConfigError
+from adapters.errors import ConfigError, ReplicationError
 
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -43,3 +44,15 @@ def user_errors() -> Iterator[None]:
 def store() -> Any:
     from policies.store import Store
     return Store()
+
+
+def run_or_fail(job: Coroutine[Any, Any, Any], what: str) -> Any:
+    """Run ``job``; bad input is exit 2 (user_errors), any other failure of the engine one line
+    ``WHAT: Class: message`` and exit 1."""
+    with user_errors():
+        try:
+            return asyncio.run(job)
+        except ConfigError:
+            raise
+        except ReplicationError as exc:
+            fail(f"{what}: {type(exc).__name__}: {exc}", EXIT_FAILED)

@@ -7,14 +7,13 @@ Exit codes as every command: 0 copied (or already identical), 1 the copy failed,
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
 import typer
 
-from adapters.errors import ConfigError, ReplicationError
-from regflow_cli.common import EXIT_FAILED, EXIT_OK, fail, out, user_errors
+from adapters.errors import ConfigError
+from regflow_cli.common import EXIT_FAILED, EXIT_OK, fail, out, run_or_fail, user_errors
 from regflow_cli.common import store as _store
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -71,13 +70,7 @@ def copy_command(
         finally:
             store.close()
 
-    with user_errors():
-        try:
-            result = asyncio.run(run())
-        except ConfigError:
-            raise
-        except ReplicationError as exc:
-            fail(f"copy {source} -> {destination} failed: {type(exc).__name__}: {exc}", EXIT_FAILED)
+    result = run_or_fail(run(), f"copy {source} -> {destination} failed")
     if as_json:
         print(json.dumps(result.model_dump(mode="json")))
     else:

@@ -22,10 +22,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from adapters.errors import ConfigError, ReplicationError
+from adapters.errors import ConfigError
 from regflow_cli import failures
 from regflow_cli import prune as _prune  # noqa: F401  (registers `executions prune`)
-from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, user_errors
+from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, run_or_fail, user_errors
 from regflow_cli.common import store as _store
 from regflow_cli.copy import copy_command
 from regflow_cli.manage import policy_app, registry_app
@@ -183,13 +183,7 @@ def verify(
         async with open_adapters(loaded) as (source, target):
             return await verify_policy(source, target, loaded.policy)
 
-    with user_errors():
-        try:
-            report = asyncio.run(check())
-        except ConfigError:
-            raise
-        except ReplicationError as exc:
-            fail(f"verification of {policy} could not finish: {type(exc).__name__}: {exc}", EXIT_FAILED)
+    report = run_or_fail(check(), f"verification of {policy} could not finish")
     if as_json:
         print(report.model_dump_json())
     elif report.problems:
