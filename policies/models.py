@@ -360,6 +360,22 @@ class Retention(_Model):
         return self
 
 
+# A mirror prune deletes at most this many tags per run unless forced: a source that lost most
+# of its tags at once (an outage, a wrong namespace) should not empty the target unseen.
+DEFAULT_PRUNE_LIMIT: Final = 50
+# The most a ``latest.count`` may keep: beyond it the user wants no limit at all.
+MAX_LATEST_COUNT: Final = 10_000
+
+
+class Latest(_Model):
+    """Keep the newest ``count`` of the tags the other filters select."""
+
+    count: int = Field(ge=1, le=MAX_LATEST_COUNT, strict=True)
+    # semver: by version (tags that are not versions are dropped); created: by the image
+    # config's ``created`` time.
+    order: Literal["semver", "created"] = "semver"
+
+
 class Policy(_Model):
     name: Name
     description: str = ""
@@ -383,6 +399,21 @@ class Policy(_Model):
     # Unset here: the file's top-level ``retention``, else the defaults (Config fills it in, so
     # the store keeps what applies).
     retention: Retention = Field(default_factory=Retention)
+    # What travels (issue 17). Platforms of multi-platform images, "os/arch[/variant]" or
+    # "os/*"; empty keeps every platform.
+    platforms: list[str] = Field(default_factory=list)
+    # keep: the source index byte for byte (digest and signatures stay valid); rewrite: a new
+    # index of the kept platforms only.
+    platform_index: Literal["keep", "rewrite"] = "keep"
+    # The newest N of the tags the filters select (None: all of them).
+    latest: Latest | None = None
+    # Signatures, attestations and other referrers of every copied manifest travel with it.
+    referrers: bool = True
+    # Digest-only artifacts, where the source can list them.
+    untagged: bool = False
+    # After a successful run, delete target tags in the policy's scope the source no longer has.
+    prune: bool = False
+    prune_limit: int = Field(default=DEFAULT_PRUNE_LIMIT, ge=1, strict=True)
 
     @field_validator("src_registry", "dest_registry")
     @classmethod
