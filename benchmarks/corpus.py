@@ -246,9 +246,11 @@ class Seeded:
 class Pusher:
     """Pushes blobs (mounting from a repository that has the blob already) and manifests."""
 
-    def __init__(self, url: str, verify: ssl.SSLContext | bool = True) -> None:
+    def __init__(self, url: str, verify: ssl.SSLContext | bool = True,
+                 auth: httpx.Auth | None = None) -> None:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=httpx.Timeout(60.0, connect=10.0),
-                                 limits=httpx.Limits(max_connections=PUSH_WORKERS * 2), verify=verify)
+                                 limits=httpx.Limits(max_connections=PUSH_WORKERS * 2), verify=verify,
+                                 auth=auth)
         self.lock = threading.Lock()
         self.linked: set[tuple[str, str]] = set()
         self.home: dict[str, str] = {}  # digest -> a repository holding it
@@ -300,10 +302,11 @@ def _streamed_layer(seed: int, mib: int) -> Iterator[bytes]:
 
 
 def seed(url: str, shape: Shape, *, workers: int = PUSH_WORKERS,
-         verify: ssl.SSLContext | bool = True) -> Seeded:
-    """Push the whole corpus into the registry at ``url`` (``verify``: its CA, for https)."""
+         verify: ssl.SSLContext | bool = True, auth: httpx.Auth | None = None) -> Seeded:
+    """Push the whole corpus into the registry at ``url`` (``verify``: its CA, for https;
+    ``auth``: for a registry that wants credentials)."""
     started = time.monotonic()
-    pusher = Pusher(url, verify)
+    pusher = Pusher(url, verify, auth)
     result = Seeded(shape.name)
     cache: dict[tuple[str, bool], Blob] = {}
     cache_lock = threading.Lock()
@@ -397,9 +400,10 @@ def _seed_streamed(pusher: Pusher, shape: Shape, result: Seeded) -> None:
 
 # --------------------------------------------------------------------------- checking
 def manifest_digests(url: str, refs: list[tuple[str, str]], *, workers: int = 8,
-                     verify: ssl.SSLContext | bool = True) -> dict[tuple[str, str], str | None]:
+                     verify: ssl.SSLContext | bool = True,
+                     auth: httpx.Auth | None = None) -> dict[tuple[str, str], str | None]:
     """GET every (repository, tag) with the full Accept list; sha256 of the bytes (None = missing)."""
-    with httpx.Client(base_url=url.rstrip("/"), timeout=60.0, verify=verify,
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60.0, verify=verify, auth=auth,
                       limits=httpx.Limits(max_connections=workers)) as http:
         def one(ref: tuple[str, str]) -> str | None:
             response = http.get(f"/v2/{ref[0]}/manifests/{ref[1]}", headers={"Accept": ACCEPT_ALL})
@@ -409,10 +413,11 @@ def manifest_digests(url: str, refs: list[tuple[str, str]], *, workers: int = 8,
             return dict(zip(refs, pool.map(one, refs), strict=True))
 
 
-def verify(url: str, seeded: Seeded, tls: ssl.SSLContext | bool = True) -> list[str]:
+def verify(url: str, seeded: Seeded, tls: ssl.SSLContext | bool = True,
+           auth: httpx.Auth | None = None) -> list[str]:
     """Every tag of the corpus, compared by the sha256 of the manifest bytes served; the problems."""
     refs = [(r, t) for r, t, _ in seeded.refs()]
-    got = manifest_digests(url, refs, verify=tls)
+    got = manifest_digests(url, refs, verify=tls, auth=auth)
     return [f"{r}:{t}: {got[(r, t)] or 'missing'} != {d}" for r, t, d in seeded.refs() if got[(r, t)] != d]
 
 

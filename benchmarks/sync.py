@@ -63,6 +63,7 @@ import os
 import platform
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -79,7 +80,9 @@ import yaml
 from benchmarks import corpus
 from flows import prefect_server
 from flows.prefect_server import LocalPrefectServer
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.auth import ChallengeTokenAuth
+from tests.support.registry import RegistryProcess, TokenAuthConfig, free_port
+from tests.support.token_service import TokenService
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -89,6 +92,10 @@ RSS_SAMPLE_SECONDS = 0.25
 SKOPEO_BLOB_INFO_CACHES = (Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb"),
                            Path.home() / ".local/share/containers/cache/blob-info-cache-v1.boltdb")
 POLICY, WARMUP_POLICY = "bench-all", "bench-warmup"
+# --token: the one user of the token service, and the variable regflow's config reads its password
+# from (a config file never holds a secret in plain text).
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-" + os.urandom(6).hex()
+PASSWORD_VARIABLE = "REGFLOW_BENCH_PASSWORD"
 EPHEMERAL_STARTUP_TIMEOUT = "120"
 REGFLOW_TOOLS = ("regflow-server", "regflow-embedded", "regflow-baseline")
 BASELINE = "regflow-baseline"
@@ -277,13 +284,33 @@ class Sample:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class _Upstream:
+    """Something a latency relay can front: the token service has a port, not a RegistryProcess."""
+
+    host: str
+
+
 class Bench:
     def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None,
-                 rtt_ms: float = 0.0, mbit: float = 0.0, tls: bool = False) -> None:
+                 rtt_ms: float = 0.0, mbit: float = 0.0, tls: bool = False, token: bool = False) -> None:
         self.workdir = workdir
         self.tls = tls
         self.rtt_ms, self.mbit = rtt_ms, mbit
         self._relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
+        # --token: every registry wants a bearer token from one token service (behind its own
+        # relay when remote), so each tool pays its token fetches as with Docker Hub or Harbor.
+        self.tokens: TokenService | None = None
+        self._token_auth: TokenAuthConfig | None = None
+        if token:
+            self.tokens = TokenService(users={BENCH_USER: BENCH_PASSWORD}, base_dir=workdir, tls=tls).start()
+            upstream = _Upstream(f"127.0.0.1:{self.tokens.port}")
+            self._token_upstream = upstream  # held: host_of keys relays by id()
+            scheme = "https" if tls else "http"
+            realm = f"{scheme}://{self.host_of(upstream)}/token" if self.remote else self.tokens.realm
+            self._token_auth = TokenAuthConfig(realm=realm, issuer=self.tokens.issuer,
+                                               service=self.tokens.service,
+                                               rootcertbundle=self.tokens.cert_path)
         self.tools = list(tools)
         self.home = workdir / "regflow-home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -305,7 +332,7 @@ class Bench:
     def remote(self) -> bool:
         return self.rtt_ms > 0 or self.mbit > 0
 
-    def host_of(self, registry: RegistryProcess) -> str:
+    def host_of(self, registry: RegistryProcess | _Upstream) -> str:
         """host:port the copiers use: the registry's own, or its latency relay's."""
         if not self.remote:
             return registry.host
@@ -333,8 +360,28 @@ class Bench:
             entry[0].wait(10)
 
     # -- lifecycle
+    def new_registry(self) -> RegistryProcess:
+        """A registry as every tool of this run sees them: anonymous, or wanting a token."""
+        if self._token_auth is None:
+            return RegistryProcess("anonymous", log_level="error", base_dir=self.workdir, tls=self.tls)
+        return RegistryProcess("token", users={BENCH_USER: BENCH_PASSWORD}, token_auth=self._token_auth,
+                               log_level="error", base_dir=self.workdir, tls=self.tls)
+
+    def trust(self, registry: RegistryProcess) -> ssl.SSLContext | bool:
+        """httpx's ``verify=`` for the harness: the registry's CA, and the token service's."""
+        if registry.ca_pem is None:
+            return True
+        return ssl.create_default_context(cadata=registry.ca_pem + self._token_ca())
+
+    def _token_ca(self) -> str:
+        return (self.tokens.ca_pem or "") if self.tokens is not None else ""
+
+    def client_auth(self) -> ChallengeTokenAuth | None:
+        """For the harness's own seeding and checking."""
+        return ChallengeTokenAuth(BENCH_USER, BENCH_PASSWORD) if self.tokens is not None else None
+
     def start_source(self) -> RegistryProcess:
-        self.src = RegistryProcess("anonymous", log_level="error", base_dir=self.workdir, tls=self.tls)
+        self.src = self.new_registry()
         self.src.start()
         return self.src
 
@@ -379,6 +426,8 @@ class Bench:
         self._relays.clear()
         if self.src is not None:
             self.src.close()
+        if self.tokens is not None:
+            self.tokens.close()
         if self.baseline is not None and self.baseline_home.exists():
             # An older regflow may have left warm processes of its own: ours to end.
             subprocess.run([str(self.baseline / ".venv/bin/python"), "-c",
@@ -403,6 +452,7 @@ class Bench:
     def regflow_env(self, tool: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
         env["REGFLOW_HOME"] = str(self.baseline_home if tool == BASELINE else self.home)
+        env[PASSWORD_VARIABLE] = BENCH_PASSWORD
         # Prefect gives its ephemeral server 20 s to answer; on this 2-core VM under the load of
         # other test runs (load1 6-13) the embedded mode then fails with "Timed out while
         # attempting to connect to ephemeral Prefect API". Measured, not hidden: see the doc.
@@ -422,7 +472,11 @@ class Bench:
         for name, registry in (("bench-src", src), ("bench-dst", dst)):
             entry: dict[str, object] = {"name": name, "type": "docker-registry", "url": self.url_of(registry)}
             if registry.ca_pem is not None:
-                entry["ca_certificate"] = registry.ca_pem
+                # The token service's CA too: regflow fetches tokens with the registry's trust.
+                entry["ca_certificate"] = registry.ca_pem + self._token_ca()
+            if self.tokens is not None:
+                entry["credential"] = {"type": "basic", "access_key": BENCH_USER,
+                                       "access_secret": "${" + PASSWORD_VARIABLE + "}"}
             registries.append(entry)
         config = {
             "version": 1,
@@ -469,8 +523,10 @@ class Bench:
             path.write_text(yaml.safe_dump(
                 {self.host_of(self.src): {"tls-verify": False, "images": {n: [] for n in names}}}))
             dest = self.host_of(dst) + (f"/{parent}" if parent else "")
+            login = f"{BENCH_USER}:{BENCH_PASSWORD}"
+            creds = [] if self.tokens is None else ["--src-creds", login, "--dest-creds", login]
             commands.append(["skopeo", "sync", "--src", "yaml", "--dest", "docker", "--all",
-                             "--preserve-digests", "--dest-tls-verify=false", str(path), dest])
+                             "--preserve-digests", "--dest-tls-verify=false", *creds, str(path), dest])
         return commands
 
     # -- one measured run
@@ -506,7 +562,7 @@ class Bench:
             outputs = self.workdir / "outputs"
             outputs.mkdir(exist_ok=True)
             (outputs / f"{tool}-{phase}-{pair}.json").write_text(m.stdout)
-        bad = len(corpus.verify(dst.url, self.seeded, dst.verify)) if verify else 0
+        bad = len(corpus.verify(dst.url, self.seeded, self.trust(dst), self.client_auth())) if verify else 0
         sample = Sample(self.seeded.shape, tool, phase, pair, m.wall, m.cpu, m.rss_mib, m.tree_rss_mib,
                         src_cpu, dst_cpu, server_cpu, sum(dst_mix.values()), sum(src_mix.values()),
                         bad, m.rc, load, dict(dst_mix), dict(src_mix), note)
@@ -628,7 +684,7 @@ def verdicts(samples: list[Sample], tools: Sequence[str]) -> list[str]:
 # it were 12% of the target's samples). The removal timed the previous run, not the tool.
 @contextlib.contextmanager
 def fresh_target(bench: Bench) -> Iterator[RegistryProcess]:
-    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir, tls=bench.tls)
+    dst = bench.new_registry()
     try:
         dst.start()
         yield dst
@@ -642,8 +698,8 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
     src = bench.start_source()
     bench.start_server_async()
     print(f"seeding {shape.name} into {src.url} ...", flush=True)
-    bench.seeded = corpus.seed(src.url, shape, verify=src.verify)
-    problems = corpus.verify(src.url, bench.seeded, src.verify)
+    bench.seeded = corpus.seed(src.url, shape, verify=bench.trust(src), auth=bench.client_auth())
+    problems = corpus.verify(src.url, bench.seeded, bench.trust(src), bench.client_auth())
     if problems:
         print("source verification failed:", *problems[:5], sep="\n  ")
         return 1
@@ -675,7 +731,8 @@ def sync_mode(bench: Bench, shape: corpus.Shape, pairs: int, warmup: bool) -> in
 def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: int) -> None:
     s = bench.seeded
     where = (f"behind relays: {bench.rtt_ms:g} ms round trip, {bench.mbit:g} Mbit/s per connection"
-             if bench.remote else "loopback") + (", https" if bench.tls else ", http")
+             if bench.remote else "loopback") + (", https" if bench.tls else ", http") + (
+                 ", token auth" if bench.tokens is not None else "")
     print(f"\n### {shape.name}: {s.describe()}; {where}; pairs={pairs}; median [min-max]")
     print(f"skopeo: {skopeo_groups} sync invocations (one per parent namespace)\n")
     print("\n".join(table(bench.samples, bench.tools, ("warmup", "full", "resync"))))
@@ -701,16 +758,16 @@ def scale_mode(bench: Bench, repos: int, pairs: int) -> int:
     shape = corpus.scale_shape(repos)
     src = bench.start_source()
     print(f"seeding {shape.name} ({corpus.estimate(shape)}) ...", flush=True)
-    bench.seeded = corpus.seed(src.url, shape, verify=src.verify)
+    bench.seeded = corpus.seed(src.url, shape, verify=bench.trust(src), auth=bench.client_auth())
     print(f"  {bench.seeded.describe()}; pushed in {bench.seeded.seconds:.1f} s", flush=True)
-    dst = RegistryProcess("anonymous", log_level="error", base_dir=bench.workdir, tls=bench.tls)
+    dst = bench.new_registry()
     try:
         # An identical target without a second push: the filesystem storage copied as it is.
         started = time.monotonic()
         subprocess.run(["cp", "-a", f"{src.data_dir}/.", str(dst.data_dir)], check=True)
         dst.start()
         print(f"  target = copy of the source storage ({time.monotonic() - started:.1f} s)", flush=True)
-        problems = corpus.verify(dst.url, bench.seeded, dst.verify)
+        problems = corpus.verify(dst.url, bench.seeded, bench.trust(dst), bench.client_auth())
         if problems:
             print("target verification failed:", *problems[:5], sep="\n  ")
             return 1
@@ -767,6 +824,9 @@ def main() -> int:
                     help="with the relay: Mbit/s per connection (0: no cap)")
     ap.add_argument("--tls", action="store_true",
                     help="registries serve https (a CA each); regflow verifies, skopeo skips verification")
+    ap.add_argument("--token", action="store_true",
+                    help="registries want a bearer token from a token service (behind its own relay "
+                         "when remote); every tool logs in")
     ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
                     help="every sample is appended here as a JSON line")
     args = ap.parse_args()
@@ -797,7 +857,7 @@ def main() -> int:
           f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
           flush=True)
     bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None,
-                  rtt_ms=args.rtt_ms, mbit=args.mbit, tls=args.tls)
+                  rtt_ms=args.rtt_ms, mbit=args.mbit, tls=args.tls, token=args.token)
     started = time.monotonic()
     rc = 1
     try:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -38,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.registry import TokenAuthConfig
+from tests.support.registry import TlsFiles, TokenAuthConfig, make_tls_files
 
 Access = dict[str, Any]  # {"type": "repository", "name": "a/b", "actions": ["pull", "push"]}
 
@@ -86,6 +87,7 @@ class TokenService:
         allowed_actions: Mapping[str, Iterable[str]] | None = None,
         allowed_prefixes: Mapping[str, Iterable[str]] | None = None,
         base_dir: str | Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.users: dict[str, str] = dict(users) if users else {"regflow": "pw-" + secrets.token_hex(8)}
         self.issuer = issuer
@@ -107,6 +109,9 @@ class TokenService:
         self.key_path = self.dir / "key.pem"
         self.cert_path = self.dir / "cert.pem"
         self._key = self._make_key_and_cert()
+        # tls: serve https with a certificate of a CA made for this service (``ca_pem``): a
+        # registry on https whose realm is plain http gets no credentials from regflow.
+        self.tls: TlsFiles | None = make_tls_files(self.dir) if tls else None
         self.kid = libtrust_kid(self._key.public_key())
         self._requests: list[TokenRequest] = []
         self._lock = threading.Lock()
@@ -141,7 +146,11 @@ class TokenService:
     # ------------------------------------------------------------------ addresses
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> str | None:
+        return self.tls.ca_path.read_text() if self.tls else None
 
     @property
     def realm(self) -> str:
@@ -224,6 +233,10 @@ class TokenService:
             return self
         server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.cert_path, self.tls.key_path)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(
