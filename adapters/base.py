@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -103,6 +104,9 @@ class Artifact(BaseModel):
     tags: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     accessories: tuple[Accessory, ...] = ()
+    # When it was made, as the registry says without another request: its image config's
+    # ``created``, else its push time; None when it says neither (``latest: order: created``).
+    created: datetime | None = None
 
 
 @runtime_checkable

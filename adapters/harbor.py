@@ -46,6 +46,7 @@ from adapters.errors import (
 )
 from adapters.native import NativeAdapter
 from adapters.oci import Digest
+from adapters.oci.created import parse_created
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +97,20 @@ class _Artifact(_Wire):
     tags: list[_Named] | None = None
     labels: list[_Named] | None = None
     accessories: list[_Accessory] | None = None
+    # Read leniently: a time or attribute of another shape must not fail the whole listing.
+    push_time: Any = None
+    # An image's config fields, ``created`` among them; other types have other attributes.
+    extra_attrs: Any = None
 
     def hand_off(self) -> Artifact:
+        made = parse_created(self.extra_attrs.get("created")) if isinstance(self.extra_attrs, dict) else None
         return Artifact(
             digest=self.digest, type=self.type,
             tags=tuple(t.name for t in self.tags or ()),
             labels=tuple(label.name for label in self.labels or ()),
             accessories=tuple(Accessory(type=a.type, digest=a.digest, subject_digest=self.digest)
                               for a in self.accessories or ()),
+            created=made or parse_created(self.push_time),
         )
 
 

@@ -35,7 +35,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
@@ -117,6 +117,9 @@ class OciLayoutClient(DistributionClient):
     With ``single``, the root is itself one layout and every repository name means it (the
     ``oci:DIR`` of ``regflow copy``)."""
 
+    # No HTTP API at all, so no referrers API: the fallback tag schemas are its only index.
+    referrers_api = False
+
     def __init__(self, endpoint: Endpoint, *, transport: httpx.AsyncBaseTransport | None = None,
                  single: bool = False) -> None:
         # No super().__init__(): there is nothing to speak HTTP to, so no httpx client is made.
@@ -128,6 +131,7 @@ class OciLayoutClient(DistributionClient):
         self.requests_made = 0  # filesystem operations, counted like requests (tasks/traffic.py)
         self.responses: Counter[str] = Counter()  # no HTTP answers: stays empty (tasks/traffic.py)
         self.holds = 0
+        self.fastest_answer: float | None = None  # no round trips: blob slots stay as they are
         self._observer = None
         self._hold_until = 0.0
         self._locks: dict[Path, asyncio.Lock] = {}
@@ -188,6 +192,10 @@ class OciLayoutClient(DistributionClient):
         return self._locks.setdefault(layout, asyncio.Lock())
 
     # -- base ------------------------------------------------------------------------------
+
+    async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
+        """No tokens for a directory."""
+        del repositories, actions
 
     async def ping(self) -> int:
         """200 when the root is a directory regflow can read, or can be created. Writability is

@@ -30,9 +30,12 @@ def key(prefix: str, policy: str) -> str:
 
 
 def tag_rows(execution: Execution) -> list[dict[str, object]]:
+    # pushed_digest: what the target's tag names when it is not the source's digest (an index
+    # rewritten for the policy's platforms); empty otherwise.
     return [{"repository": t.source, "target": t.target, "tag": o.tag,
-             "digest": str(o.digest) if o.digest else "", "status": o.status, "reason": o.reason,
-             "bytes": o.bytes}
+             "digest": str(o.digest) if o.digest else "",
+             "pushed_digest": str(o.pushed_digest) if o.pushed_digest and o.pushed_digest != o.digest else "",
+             "status": o.status, "reason": o.reason, "bytes": o.bytes}
             for t in execution.tasks for o in t.tags
             if not (o.status == "skipped" and o.reason == UNLISTED_REASON)]
 

@@ -79,6 +79,9 @@ class TagRecord(BaseModel):
     target: str
     tag: str
     digest: str
+    # The target's digest when it is not the source's (an index rewritten for the policy's
+    # platforms); empty in artifacts written before it existed.
+    pushed_digest: str = ""
     status: str
     reason: str
     bytes: int

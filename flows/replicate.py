@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
@@ -37,6 +38,7 @@ from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import TransferResult, TransferSpec
 from tasks.plan import Pins, Plan, PlannedRepository, named, plan_each
 from tasks.prepare import prepare
+from tasks.prune import PruneReport, prune_after_run
 from tasks.report import FailedImagesReport, build_report
 from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
@@ -114,12 +116,14 @@ def _settle(result: TransferResult) -> TransferResult:
 @flow(name="replicate", flow_run_name=runtime.run_name, persist_result=False, log_prints=False)
 async def replicate(policy: str, resources: list[Resource] | None = None, trigger: str = "manual",
                     event_id: str | None = None, operation: Literal["copy", "delete"] = "copy",
-                    retry_of: str | None = None, retry_report: FailedImagesReport | None = None) -> State:
+                    retry_of: str | None = None, retry_report: FailedImagesReport | None = None,
+                    force_prune: bool = False) -> State:
     """Returns a final state whose data is the Execution (callers awaiting the flow get it).
 
     ``resources`` narrows the run to what an event named; ``operation="delete"`` replicates a
     deletion (only for policies with replicate_deletion); ``retry_of``/``retry_report`` make it
-    a retry of what an execution did not copy."""
+    a retry of what an execution did not copy; ``force_prune`` lets a policy's mirror prune
+    delete more than its prune_limit."""
     liveness.keep_alive()
     logger = get_run_logger()
     loaded = load_policy(policy)
@@ -154,8 +158,13 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
         logger.info("plan: %d repositories, %d with tags to transfer", len(done.plan.repositories),
                     len(done.results))
         verified = await _verify(source, target, loaded.policy, found, stop)
-    execution = summarize(policy, done.plan, done.results, stopped_reason=stop.reason if stop.is_set else "",
-                          verify=verified)
+        summary = partial(summarize, policy, done.plan, done.results,
+                          stopped_reason=stop.reason if stop.is_set else "", verify=verified)
+        execution = summary()
+        pruned = await _prune(source, target, loaded.policy, found, stop, execution, force=force_prune,
+                              whole=resources is None and pins is None)
+        if pruned is not None:
+            execution = summary(prune=pruned)
     execution.transfers = done.started
     execution.traffic = traffic_of(source.client, target.client, done.blobs)
     execution.report = build_report(policy, done.plan, done.results, source_host=source.client.host,
@@ -310,6 +319,32 @@ async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[
     except ReplicationError as exc:
         report = VerifyReport(ok=False, checked_tags=0, checked_blobs=0, error=f"{type(exc).__name__}: {exc}")
     get_run_logger().info("verify: %s", report.summary(MESSAGE_FAILURES))  # all of them: the Execution
+    return report
+
+
+async def _prune(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
+                 stop: StopSignal, execution: Execution, *, force: bool, whole: bool) -> PruneReport | None:
+    """The mirror prune (tasks/prune.py), last, only after a run over the whole policy that
+    succeeded: a failed or stopped run, an event's or a retry's saw too little of the source."""
+    if not policy.prune:
+        return None
+    logger = get_run_logger()
+    if not whole or execution.status != "Succeeded":
+        logger.info("prune: skipped, %s", "the run covered part of the policy" if not whole
+                    else f"the execution {execution.status}")
+        return None
+    report = await prune_after_run(source, target, policy, found, force=force, stop=stop)
+    for note in report.plan.notes if report.plan else ():
+        logger.info("prune: %s", note)
+    for result in report.results:
+        for t in result.tags:
+            log = logger.info if t.status == "deleted" else logger.warning
+            log("prune: %s:%s %s: %s", result.target_repository, t.tag, t.status, t.reason)
+    if report.problem:
+        logger.warning("%s", report.problem)
+    else:
+        logger.info("prune: %d of %d tag(s) deleted", sum(r.count("deleted") for r in report.results),
+                    report.plan.count if report.plan else 0)
     return report
 
 

@@ -3,7 +3,8 @@
 Glob syntax is that of Harbor's doublestar: ``*`` and ``?`` stay inside one path component,
 ``**`` spans components, ``[...]`` (``[!...]`` or ``[^...]`` negated), ``{a,b}``, and ``\\``
 escapes. An empty pattern selects everything. As in Harbor, ``regex:<expr>`` selects by regular
-expression search instead.
+expression search instead, and (tag filters only) ``semver:<range>`` keeps the tags that are
+versions inside an npm range (policies/versions.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from wcmatch._wcparse import PatternLimitException
 
 from adapters.errors import ConfigError
 from adapters.oci.reference import REPOSITORY_RE
+from policies.versions import SEMVER_PREFIX, range_matcher
 
 if TYPE_CHECKING:
     from adapters.base import Artifact
@@ -140,6 +142,25 @@ def compile_glob(pattern: str) -> Matcher:
     return match
 
 
+def compile_tag_pattern(pattern: str) -> Matcher:
+    """A predicate for a tag filter's value: a glob, ``regex:`` or ``semver:<range>``; raises
+    ConfigError when it is malformed. An untagged artifact's ``""`` is no version."""
+    if pattern.startswith(SEMVER_PREFIX):
+        return range_matcher(pattern[len(SEMVER_PREFIX) :])
+    return compile_glob(pattern)
+
+
+def check_filter_value(kind: str, pattern: str) -> None:
+    """Raise ConfigError when a ``name`` or ``tag`` filter's value cannot be used."""
+    if kind == "tag":
+        compile_tag_pattern(pattern)
+        return
+    if pattern.startswith(SEMVER_PREFIX):
+        raise ConfigError(f"{pattern!r}: '{SEMVER_PREFIX}' selects tags; a {kind} filter takes a glob "
+                          "or 'regex:'")
+    compile_glob(pattern)
+
+
 def _expand_braces(pattern: str, limit: int) -> list[str] | None:
     """All strings a brace pattern stands for, or None past ``limit``; braces must balance."""
     start = pattern.find("{")
@@ -186,7 +207,7 @@ def _select(items: Iterable[str], filters: Sequence[Filter], kind: str) -> list[
     for f in filters:
         if f.type != kind or not f.value:
             continue
-        match = compile_glob(f.value)
+        match = compile_tag_pattern(f.value) if kind == "tag" else compile_glob(f.value)
         keep = f.decoration != "excludes"
         selected = [item for item in selected if match(item) == keep]
     return selected
@@ -245,9 +266,12 @@ def select_by_labels(labels_of_artifact: Iterable[str], filters: Sequence[Filter
     return True
 
 
-def select_artifacts(artifacts: Iterable[Artifact], filters: Sequence[Filter]) -> list[Artifact]:
+def select_artifacts(artifacts: Iterable[Artifact], filters: Sequence[Filter], *,
+                     untagged: bool = False) -> list[Artifact]:
     """The artifacts the ``tag``, ``label`` and ``resource`` filters keep, each with only the tags
-    the tag filters selected; an artifact left without a tag is dropped (transfers go by tag).
+    the tag filters selected; an artifact left without a tag is dropped. With ``untagged``, an
+    artifact that never had a tag is kept, tags empty, when the tag filters keep ``""``
+    (Harbor's rule: ``*``, ``**`` and an empty pattern do; ``v*`` and ``semver:`` do not).
 
     As in Harbor, ``resource: image`` keeps IMAGE artifacts only, while ``artifact`` and
     ``chart`` narrow nothing (every artifact is one).
@@ -258,6 +282,10 @@ def select_artifacts(artifacts: Iterable[Artifact], filters: Sequence[Filter]) -
         if only_images and artifact.type.lower() != "image":
             continue
         if not select_by_labels(artifact.labels, filters):
+            continue
+        if not artifact.tags:
+            if untagged and select_tags([""], filters):
+                selected.append(artifact)
             continue
         tags = select_tags(artifact.tags, filters)
         if tags:

@@ -22,8 +22,9 @@ from pydantic import (
 )
 
 from adapters.errors import ConfigError
+from adapters.oci.platform import parse_platforms
 from adapters.oci.reference import validate_repository
-from policies.filters import RESOURCE_TYPES, compile_glob, literal_names
+from policies.filters import RESOURCE_TYPES, check_filter_value, literal_names
 from policies.namespace import replace_namespace
 
 # Names become Prefect deployment names and appear in URLs and CLI arguments.
@@ -204,7 +205,7 @@ class Filter(_Model):
         kind = info.data.get("type")
         if kind in ("name", "tag"):
             try:
-                compile_glob(value)
+                check_filter_value(kind, value)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         elif kind == "resource" and value not in RESOURCE_TYPES:
@@ -439,6 +440,15 @@ class Policy(_Model):
         if value != -1 and value <= 0:
             raise ValueError(f"speed {value} must be -1 (unlimited) or a positive number of Kbit/s")
         return value
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, value: list[str]) -> list[str]:
+        # Kept in the form the engine compares (lower case, x86_64 as amd64), each once.
+        try:
+            return [str(spec) for spec in parse_platforms(value, field=None)]
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _targets(self) -> Self:

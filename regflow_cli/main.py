@@ -68,19 +68,21 @@ def replicate(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     report: Annotated[Path | None, typer.Option(
         "--report", help="write the failed-images report (JSON) to this file")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="let the policy's mirror prune delete more tags than its prune_limit")] = False,
 ) -> None:
     """Run a policy now, as one execution (a Prefect flow run)."""
     from tasks.load import load_policy
     with user_errors():
         loaded = load_policy(policy)
     if dry_run:
-        _dry_run(loaded, as_json)
+        _dry_run(loaded, as_json, force=force)
         return
 
     from flows import embedded
     with user_errors():
         embedded.configure()
-    execution = _run_flow(policy, as_json, report=report)
+    execution = _run_flow(policy, as_json, report=report, parameters={"force_prune": True} if force else None)
     if as_json:
         print(json.dumps(execution.public()))
     else:
@@ -126,41 +128,110 @@ def _run_flow(policy: str, quiet: bool, *, report: Path | None = None,
             return asyncio.run(run())
 
 
-def _dry_run(loaded: Any, as_json: bool) -> None:
-    from tasks.discover import discover
+def _dry_run(loaded: Any, as_json: bool, *, force: bool = False) -> None:
+    from tasks.discover import discover, is_digest_reference
     from tasks.load import open_adapters
     from tasks.plan import make_plan
+    from tasks.prune import plan_prune
     from tasks.summary import human_bytes
 
     async def plan() -> Any:
         async with open_adapters(loaded) as (source, target):
             found = await discover(source, loaded.policy)
-            return await make_plan(source, target, loaded.policy, found, measure=True)
+            planned = await make_plan(source, target, loaded.policy, found, measure=True)
+            # What the mirror prune would delete after this run, if it succeeds.
+            pruned = await plan_prune(source, target, loaded.policy, found, force=force) \
+                if loaded.policy.prune else None
+            return planned, pruned
 
     with user_errors():
-        result = asyncio.run(plan())
+        result, pruned = asyncio.run(plan())
     if as_json:
-        print(result.model_dump_json())
+        print(json.dumps(result.model_dump(mode="json") | (
+            {"prune": pruned.model_dump(mode="json") | {"count": pruned.count, "refused": pruned.refused}}
+            if pruned is not None else {})))
         return
-    table = Table("repository", "target", "tag", "action", "bytes")
+    from rich.table import Column
+
+    # Folded, not cut, in a narrow terminal: "linux/arm…" could be arm64 or arm/v7.
+    table = Table("repository", "target", Column("tag", overflow="fold"), "action", "bytes",
+                  Column("platforms", overflow="fold"))
     total = 0
     for repo in result.repositories:
         if repo.error:
-            table.add_row(repo.source_repository, "-", "-", f"[red]error: {repo.error}[/red]", "")
+            table.add_row(repo.source_repository, "-", "-", f"[red]error: {repo.error}[/red]", "", "")
+        # A referrer's subject by the tag users know it by, where the run copies one.
+        known = {t.digest: t.tag for t in reversed(repo.tags)
+                 if t.subject is None and not is_digest_reference(t.tag)}
         for t in repo.tags:
             total += t.bytes or 0
-            table.add_row(repo.source_repository, repo.target_repository, t.tag, t.action,
-                          human_bytes(t.bytes) if t.bytes is not None else "")
+            # Which images of the tag travel; none, and why, when the policy's platforms leave it.
+            platforms = f"[yellow]none: {escape(t.platform_skip)}[/yellow]" if t.platform_skip \
+                else ", ".join(t.platforms)
+            table.add_row(repo.source_repository, repo.target_repository, _tag_cell(t.tag, t.subject, known),
+                          t.action, human_bytes(t.bytes) if t.bytes is not None else "", platforms)
+    if pruned is not None:
+        blank = [""] * (len(table.columns) - 4)
+        for prune_repo in pruned.repositories:
+            for p in prune_repo.tags:
+                table.add_row(prune_repo.source_repository, prune_repo.target_repository,
+                              _tag_cell(p.tag, None, {}), f"[red]delete[/red] ({escape(p.reason)})", *blank)
     out.print(table)
     out.print(f"at most {human_bytes(total)} to copy (blobs already on the target are not sent)")
+    if pruned is not None:
+        _print_prune_plan(pruned)
+
+
+# Hex digits a dry run's table shows of a digest (as `docker images` does); --json has them whole.
+SHORT_HEX = 12
+
+
+def _short(ref: str) -> str:
+    """A digest, or a tag of the referrers' fallback schemas (it holds one), shortened."""
+    from adapters.oci.referrers import parse_referrer_tag
+    algorithm, colon, hex_part = ref.partition(":")
+    if colon:
+        return f"{algorithm}:{hex_part[:SHORT_HEX]}…"
+    schema = parse_referrer_tag(ref)
+    if schema is None:
+        return ref
+    return f"{schema.subject.algorithm}-{schema.subject.hex[:SHORT_HEX]}…{schema.suffix}"
+
+
+def _tag_cell(tag: str, subject: str | None, known: dict[Any, str]) -> str:
+    """The dry run's tag column: an untagged manifest (its "tag" is its digest) says so; a
+    referrer (signature, attestation, SBOM) names what it travels after, by tag where known."""
+    from tasks.discover import is_digest_reference
+    shown = _short(tag)
+    if subject is not None:
+        return f"{shown} [dim](referrer of {known.get(subject) or _short(subject)})[/dim]"
+    return f"{shown} [dim](untagged)[/dim]" if is_digest_reference(tag) else shown
+
+
+def _print_prune_plan(pruned: Any) -> None:
+    for note in pruned.notes:
+        out.print(f"prune: {escape(note)}", highlight=False)
+    if pruned.refused:
+        out.print(f"[yellow]prune: the limit would stop it, {pruned.count} tags to delete are more than "
+                  f"prune_limit {pruned.limit}: nothing would be deleted (--force deletes them)[/yellow]",
+                  highlight=False)
+    elif pruned.count:
+        forced = ", forced past" if pruned.count > pruned.limit else ", within"
+        out.print(f"prune: {pruned.count} tag(s) to delete after a successful run{forced} "
+                  f"prune_limit {pruned.limit}", highlight=False)
+    else:
+        out.print("prune: nothing to delete", highlight=False)
 
 
 def _print_execution(execution: Any) -> None:
-    table = Table("repository", "target", "status", "copied", "skipped", "failed", "bytes", "reason")
+    # A deleted column only when the run deleted something (a mirror prune, a replicated deletion).
+    deleted = any(t.deleted for t in execution.tasks)
+    table = Table("repository", "target", "status", "copied", *(["deleted"] if deleted else []), "skipped",
+                  "failed", "bytes", "reason")
     for t in execution.tasks:
         reasons = "; ".join(sorted({o.reason for o in t.tags if o.reason}))
-        table.add_row(t.source, t.target, t.status, str(t.copied), str(t.skipped), str(t.failed),
-                      str(t.bytes), t.error or reasons)
+        table.add_row(t.source, t.target, t.status, str(t.copied), *([str(t.deleted)] if deleted else []),
+                      str(t.skipped), str(t.failed), str(t.bytes), t.error or reasons)
     out.print(table)
     colour = {"Succeeded": "green", "Failed": "red"}.get(execution.status, "yellow")
     out.print(f"[{colour}]{execution.status}[/{colour}]: {execution.message}", highlight=False)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,6 +21,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, user_errors
+
+if TYPE_CHECKING:
+    from flows.history import TagRecord
 
 
 class _ListByDefault(TyperGroup):
@@ -106,13 +110,22 @@ def show(
         tasks.add_row(*(escape(c) for c in cells))
     out.print(tasks)
     if detail.tags:
-        tags = Table("repository", "tag", "status", "digest", "reason")
-        for g in detail.tags:
-            tags.add_row(*(escape(c) for c in (g.repository, g.tag, g.status, g.digest[:19], g.reason[:200])))
-        out.print(tags)
+        out.print(tag_table(detail.tags))
     if detail.failed_images is not None and detail.failed_images.images:
         out.print(f"{len(detail.failed_images.images)} image(s) not copied: "
                   f"`regflow executions retry {record.name}` copies exactly these", highlight=False)
+
+
+def tag_table(records: Sequence[TagRecord]) -> Table:
+    """Each listed tag's outcome; a ``pushed`` column when some tag's target digest is not the
+    source's (an index rewritten for the policy's platforms)."""
+    pushed = any(g.pushed_digest for g in records)
+    table = Table("repository", "tag", "status", "digest", *(("pushed",) if pushed else ()), "reason")
+    for g in records:
+        cells = (g.repository, g.tag, g.status, g.digest[:19], *((g.pushed_digest[:19],) if pushed else ()),
+                 g.reason[:200])
+        table.add_row(*(escape(c) for c in cells))
+    return table
 
 
 def _empty_report(record: Any) -> Any:

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from adapters.distribution.client import DistributionClient, UploadStatus
+from adapters.distribution.client import MAX_BULK_CONNECTIONS, DistributionClient, UploadStatus
 from adapters.errors import (
     ContentError,
     DigestMismatchError,
@@ -38,6 +38,7 @@ from adapters.errors import (
 )
 from adapters.oci import Descriptor, Digest, DigestVerifier, Manifest
 from tasks.bandwidth import Bandwidth
+from tasks.round_trips import widened
 from tasks.sessions import UploadSession, UploadSessions
 from tasks.stop import StopSignal
 
@@ -47,6 +48,10 @@ from tasks.stop import StopSignal
 # with 8 and about the same with 16 (A/B on fresh targets, 5-10 runs each, all 4 slots busy
 # for the whole copy at 4). Each stream holds about one read chunk.
 BLOB_CONCURRENCY = 8
+# A far registry makes each blob wait about three round trips (POST, GET, PUT) besides its
+# bytes, so more blobs move at once the longer the round trip (tasks/round_trips.py), up to the
+# client's connections for blob bodies.
+MAX_BLOB_CONCURRENCY = MAX_BULK_CONNECTIONS
 # Blobs above this go up in chunks, so a dropped connection resumes from the registry's offset
 # instead of restarting a multi-GB stream.
 CHUNKED_UPLOAD_THRESHOLD_BYTES = 128 * 1024 * 1024
@@ -75,7 +80,7 @@ class BlobCopier:
         *,
         stop: StopSignal | None = None,
         bandwidth: Bandwidth | None = None,
-        concurrency: int = BLOB_CONCURRENCY,
+        concurrency: int | None = None,
         mount_probe: bool = True,
         sessions: UploadSessions | None = None,
         chunked_threshold: int = CHUNKED_UPLOAD_THRESHOLD_BYTES,
@@ -86,7 +91,11 @@ class BlobCopier:
         self.bandwidth = bandwidth or Bandwidth(-1)
         self.mount_probe = mount_probe
         self.chunked_threshold = chunked_threshold
-        self._slots = asyncio.Semaphore(concurrency)
+        # None: BLOB_CONCURRENCY, widened for far registries when the first blob starts (the
+        # plan has asked both registries by then).
+        self._slots = asyncio.Semaphore(concurrency or BLOB_CONCURRENCY)
+        self._sized = concurrency is not None
+        self.concurrency = concurrency or BLOB_CONCURRENCY
         self._linked: set[tuple[str, str]] = set()
         self._home: dict[str, str] = {}  # digest -> a target repository that holds it
         self._uploads: dict[str, asyncio.Future[None]] = {}
@@ -99,6 +108,16 @@ class BlobCopier:
         # Blobs placed by this copier, by route: bytes sent, or none (mounted, or there already).
         self.blobs_uploaded = 0
         self.blobs_mounted = 0
+
+    def _size_slots(self) -> None:
+        """Widen the blob slots once, from the round trip both registries have shown so far."""
+        if self._sized:
+            return
+        self._sized = True
+        wanted = widened(self.concurrency, MAX_BLOB_CONCURRENCY, self.source, self.target)
+        for _ in range(wanted - self.concurrency):
+            self._slots.release()  # a semaphore's release beyond its acquisitions adds a slot
+        self.concurrency = wanted
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
                      chunked: bool = False) -> int:
@@ -121,6 +140,7 @@ class BlobCopier:
                 await asyncio.shield(pending)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._uploads[digest] = done
+        self._size_slots()
         try:
             async with self._slots:
                 self.stop.check()

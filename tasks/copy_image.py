@@ -28,7 +28,8 @@ from pydantic import BaseModel
 from adapters import Adapter, Endpoint, create_adapter
 from adapters.distribution.client import DistributionClient
 from adapters.errors import ConfigError, ReplicationError, TransportError
-from adapters.oci import Descriptor, Digest, Manifest
+from adapters.oci import Digest, Manifest
+from adapters.oci.platform import PlatformSpec, platform_text
 from adapters.oci_archive import extract_archive, partial_layout, remove_layout, write_archive
 from adapters.oci_layout import OciLayoutClient
 from policies.models import DIRECTORY_TYPES
@@ -45,46 +46,13 @@ COPY_BACKOFF_SECONDS = 2.0
 # Docker Hub answers for every name skopeo accepts for it; its adapter knows the real host.
 DOCKER_HUB_TYPE = "docker-hub"
 DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-# What ``uname -m`` says, as OCI platform architecture and variant.
-_MACHINES: dict[str, tuple[str, str | None]] = {
-    "x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", None),
-    "arm64": ("arm64", None), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i686": ("386", None),
-    "i386": ("386", None), "ppc64le": ("ppc64le", None), "s390x": ("s390x", None),
-    "riscv64": ("riscv64", None),
-}
-
-
-class PlatformChoice(BaseModel):
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    @classmethod
-    def parse(cls, text: str) -> PlatformChoice:
-        parts = text.strip().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ConfigError(f"platform {text!r} is not OS/ARCH or OS/ARCH/VARIANT, e.g. linux/arm64",
-                              field="platform")
-        return cls(os=parts[0], architecture=parts[1], variant=parts[2] if len(parts) == 3 else None)
+class PlatformChoice(PlatformSpec):
+    """``--platform``: read and matched as a policy's ``platforms`` (adapters/oci/platform.py)."""
 
     @classmethod
     def of_this_machine(cls) -> PlatformChoice:
-        machine = host_platform.machine().lower()
-        architecture, variant = _MACHINES.get(machine, (machine, None))
         # Images are Linux images wherever skopeo runs; so is its default.
-        return cls(os="linux", architecture=architecture, variant=variant)
-
-    def matches(self, child: Descriptor) -> bool:
-        found = child.platform
-        if found is None or (found.os, found.architecture) != (self.os, self.architecture):
-            return False
-        if self.variant is None:
-            return True
-        # arm64's only variant is v8: an index may leave it out.
-        return (found.variant or ("v8" if found.architecture == "arm64" else None)) == self.variant
+        return cls.of_machine(host_platform.machine())
 
 
 class CopyRequest(BaseModel):
@@ -181,17 +149,10 @@ async def _source_manifest(source: _Side, request: CopyRequest) -> tuple[Manifes
     wanted = request.platform or PlatformChoice.of_this_machine()
     child = next((c for c in manifest.children if wanted.matches(c)), None)
     if child is None:
-        offered = ", ".join(sorted({_platform_text(c) for c in manifest.children})) or "none"
+        offered = ", ".join(sorted({platform_text(c) for c in manifest.children})) or "none"
         raise ConfigError(f"{source.location.text} has no image for {wanted} (it has: {offered}); "
                           "name one with --platform, or copy all with --all-platforms")
     return await source.client.get_manifest(source.repository, child.digest), wanted
-
-
-def _platform_text(child: Descriptor) -> str:
-    found = child.platform
-    if found is None:
-        return "unknown"
-    return "/".join(p for p in (found.os, found.architecture, found.variant) if p)
 
 
 @asynccontextmanager

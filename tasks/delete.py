@@ -6,11 +6,13 @@ event). Otherwise the one tag goes, by OCI 1.1 tag deletion where the target doe
 deletes only by digest (CNCF distribution), the manifest goes only when no other tag of the
 repository still points at it or, through an index, contains it; else it stays and the outcome
 says why. For a manifest deleted by digest: it goes from the target unless the source still
-has it.
+has it. ``delete_tag`` is that one exact tag deletion; the mirror prune (tasks/prune.py) uses it
+too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import cast
 
 from pydantic import BaseModel
@@ -33,6 +35,8 @@ MAX_TAGS_CHECKED = 500
 # Answers to a tag deletion that mean "not by tag here": distribution 2.x sends 400 or 405
 # (UNSUPPORTED); a 404 for a tag just seen is read the same way, never as "gone".
 TAG_DELETE_REFUSED = frozenset({400, 404, 405})
+# The outcome of a deletion that found nothing to delete.
+NOT_ON_TARGET = "not on target"
 
 
 class DeleteSpec(BaseModel):
@@ -84,18 +88,34 @@ async def delete_manifest(target: Adapter, spec: DeleteSpec, source: Adapter | N
 
 async def _delete_tag(source: DistributionClient, target_adapter: Adapter, spec: DeleteSpec,
                       tag: str) -> TagOutcome:
-    target = target_adapter.client
     on_source = await source.head_manifest(spec.source_repository, tag)
     if on_source is not None:
         return TagOutcome(tag=tag, digest=on_source.digest, status="skipped",
                           reason=f"the source still has {tag} (at {on_source.digest})")
-    on_target = await target.head_manifest(spec.target_repository, tag)
+    outcome = await delete_tag(target_adapter, spec.target_repository, tag, reason="deleted on source")
+    if outcome.digest is None:
+        outcome.digest = spec.digest
+    return outcome
+
+
+async def delete_tag(target_adapter: Adapter, repository: str, tag: str, *, reason: str,
+                     same_manifest: Collection[str] = (), manifest_stays: str = "") -> TagOutcome:
+    """The exact deletion of one target tag, whoever decided it must go (a replicated deletion,
+    a mirror prune): the tag alone where the target deletes tags; else its manifest, only when
+    no other tag points at it or at an index holding it. ``same_manifest`` names tags that go
+    in the same run and point at the same manifest: they do not keep it. ``manifest_stays``
+    says why the manifest must not go at all: then only the tag alone may."""
+    target = target_adapter.client
+    on_target = await target.head_manifest(repository, tag)
     if on_target is None:
-        return TagOutcome(tag=tag, digest=spec.digest, status="skipped", reason="not on target")
+        return TagOutcome(tag=tag, status="skipped", reason=NOT_ON_TARGET)
     digest = on_target.digest
-    if await _untag(target_adapter, spec.target_repository, tag):
-        return TagOutcome(tag=tag, digest=digest, status="deleted", reason="deleted on source")
-    sharing = await _other_references(target, spec.target_repository, tag, digest)
+    if await _untag(target_adapter, repository, tag):
+        return TagOutcome(tag=tag, digest=digest, status="deleted", reason=reason)
+    if manifest_stays:
+        return TagOutcome(tag=tag, digest=digest, status="skipped",
+                          reason=f"kept: {target.host} deletes only by digest, and {manifest_stays}")
+    sharing = await other_references(target, repository, digest, besides={tag, *same_manifest})
     if sharing is None:
         return TagOutcome(tag=tag, digest=digest, status="failed", reason=(
             f"not deleted: {target.host} deletes only by digest, and the repository has more than "
@@ -104,10 +124,10 @@ async def _delete_tag(source: DistributionClient, target_adapter: Adapter, spec:
         named = ", ".join(sharing[:5]) + (f" and {len(sharing) - 5} more" if len(sharing) > 5 else "")
         return TagOutcome(tag=tag, digest=digest, status="skipped", reason=(
             f"kept: {target.host} deletes only by digest, and {named} still use {digest}"))
-    if await target.delete_manifest(spec.target_repository, digest):
+    if await target.delete_manifest(repository, digest):
         return TagOutcome(tag=tag, digest=digest, status="deleted",
-                          reason="deleted on source (its manifest, which no other tag uses)")
-    return TagOutcome(tag=tag, digest=digest, status="skipped", reason="not on target")
+                          reason=f"{reason} (its manifest, which no other tag uses)")
+    return TagOutcome(tag=tag, digest=digest, status="skipped", reason=NOT_ON_TARGET)
 
 
 async def _delete_digest(source: DistributionClient, target: DistributionClient, spec: DeleteSpec,
@@ -117,7 +137,7 @@ async def _delete_digest(source: DistributionClient, target: DistributionClient,
                           reason=f"the source still has {digest}")
     if await target.delete_manifest(spec.target_repository, digest):
         return TagOutcome(tag=str(digest), digest=digest, status="deleted", reason="deleted on source")
-    return TagOutcome(tag=str(digest), digest=digest, status="skipped", reason="not on target")
+    return TagOutcome(tag=str(digest), digest=digest, status="skipped", reason=NOT_ON_TARGET)
 
 
 async def _untag(target: Adapter, repository: str, tag: str) -> bool:
@@ -138,11 +158,11 @@ async def _untag(target: Adapter, repository: str, tag: str) -> bool:
     return deleted
 
 
-async def _other_references(client: DistributionClient, repository: str, tag: str,
-                            digest: Digest) -> list[str] | None:
-    """The other tags that point at ``digest`` or at an index containing it; None when there
-    are more than MAX_TAGS_CHECKED to look at."""
-    others = [t for t in await client.list_tags(repository) if t != tag]
+async def other_references(client: DistributionClient, repository: str, digest: Digest, *,
+                           besides: Collection[str]) -> list[str] | None:
+    """The tags, other than ``besides``, that point at ``digest`` or at an index containing
+    it; None when there are more than MAX_TAGS_CHECKED to look at."""
+    others = [t for t in await client.list_tags(repository) if t not in besides]
     if len(others) > MAX_TAGS_CHECKED:
         return None
     sharing = []

@@ -21,6 +21,9 @@ class TagPlan(BaseModel):
     target_digest: Digest | None = None
     # The manifest itself when the plan fetched it; kept out of anything serialised.
     manifest: Manifest | None = Field(default=None, exclude=True, repr=False)
+    # A referrer's subject (tasks/referrers.py): pushed after it. ``tag`` is then a cosign tag,
+    # or the referrer's own digest for one that travels by digest alone.
+    subject: Digest | None = None
 
 
 class TransferSpec(BaseModel):
@@ -33,11 +36,18 @@ class TransferSpec(BaseModel):
     copy_by_chunk: bool = False
     # The plan found none of the repository's tags on the target (PlannedRepository.new_on_target).
     new_on_target: bool = False
+    # The policy's platforms ("os/arch[/variant]", "os/*"; empty: all) and what becomes of an
+    # index some of whose children stay behind (tasks/platforms.py).
+    platforms: list[str] = []
+    platform_index: Literal["keep", "rewrite"] = "keep"
 
 
 class TagOutcome(BaseModel):
     tag: str
     digest: Digest | None = None
+    # What the target's tag now names when it is not the source's digest: an index rewritten
+    # for the policy's platforms.
+    pushed_digest: Digest | None = None
     status: TagStatus
     reason: str = ""
     bytes: int = 0

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapters.errors import CancelledReplication, ConfigError, ReplicationError
 from adapters.oci import Digest
-from tasks.discover import Resource
+from tasks.discover import Resource, is_digest_reference
 from tasks.models import TransferResult
 from tasks.plan import Pins, Plan
 
@@ -37,7 +37,7 @@ class FailedImage(BaseModel):
     tag: str | None  # None: the repository failed before its tags were known
     digest: Digest | None  # the digest the execution planned for the tag
     source: str  # host/repository:tag@digest, as skopeo's docker:// takes it
-    target: str  # host/repository:tag
+    target: str  # host/repository:tag; an untagged manifest's, on both: host/repository@digest
     status: FailureStatus  # stopped: the execution was stopped before the image was done
     error_class: str  # a name of adapters/errors.py's tree (or of the exception that ended it)
     reason: str
@@ -75,10 +75,16 @@ def build_report(policy: str, plan: Plan, results: Mapping[str, TransferResult |
 
     def add(repo_source: str, repo_target: str, tag: str | None, digest: Digest | None,
             status: FailureStatus, error_class: str, reason: str, transient: bool) -> None:
-        ref = f"{source_host}/{repo_source}" + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+        if tag is not None and is_digest_reference(tag):
+            # An untagged manifest's "tag" is its digest: addressed by that alone, on both sides.
+            source, target = f"{source_host}/{repo_source}@{tag}", f"{target_host}/{repo_target}@{tag}"
+        else:
+            name = f":{tag}" if tag else ""
+            source = f"{source_host}/{repo_source}{name}" + (f"@{digest}" if digest else "")
+            target = f"{target_host}/{repo_target}{name}"
         images.append(FailedImage(
             source_repository=repo_source, target_repository=repo_target, tag=tag, digest=digest,
-            source=ref, target=f"{target_host}/{repo_target}" + (f":{tag}" if tag else ""),
+            source=source, target=target,
             status=status, error_class=error_class, reason=reason,
             transient=transient or status == "stopped"))
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from tasks.models import TagOutcome, TaskStatus, Traffic, TransferResult
 from tasks.plan import Plan
+from tasks.prune import PruneReport
 from tasks.report import FailedImagesReport
 from tasks.verify import VerifyReport
 
@@ -59,11 +60,31 @@ class Execution(BaseModel):
 
 
 def summarize(policy: str, plan: Plan, results: Mapping[str, TransferResult | BaseException], *,
-              stopped_reason: str = "", refused: str = "", verify: VerifyReport | None = None) -> Execution:
+              stopped_reason: str = "", refused: str = "", verify: VerifyReport | None = None,
+              prune: PruneReport | None = None) -> Execution:
+    """``prune``: the mirror prune's deletions join the task of their target repository (a
+    repository gone from the source gets a task of its own); a refused or failed prune fails
+    the execution, its one line first in the message."""
     tasks = [_task(repo.source_repository, repo.target_repository, repo.error, repo.settled(),
                    results.get(repo.source_repository))
              for repo in plan.repositories]
-    return _execution(policy, tasks, stopped_reason, refused, verify)
+    if prune is not None:
+        tasks = _with_pruned(tasks, prune.results)
+    return _execution(policy, tasks, stopped_reason, refused, verify, prune.problem if prune else "")
+
+
+def _with_pruned(tasks: list[TaskSummary], pruned: list[TransferResult]) -> list[TaskSummary]:
+    by_target = {t.target: i for i, t in enumerate(tasks)}
+    merged = list(tasks)
+    for result in pruned:
+        i = by_target.get(result.target_repository)
+        if i is None:
+            merged.append(_task(result.source_repository, result.target_repository, "", [], result))
+            continue
+        task = merged[i]
+        merged[i] = _task(task.source, task.target, task.error, task.tags, result)
+        merged[i].seconds = task.seconds
+    return merged
 
 
 def summarize_deletions(policy: str, results: list[TransferResult]) -> Execution:
@@ -72,10 +93,10 @@ def summarize_deletions(policy: str, results: list[TransferResult]) -> Execution
 
 
 def _execution(policy: str, tasks: list[TaskSummary], stopped_reason: str, refused: str,
-               verify: VerifyReport | None = None) -> Execution:
+               verify: VerifyReport | None = None, prune_problem: str = "") -> Execution:
     count = {s: sum(1 for t in tasks if t.status == s) for s in ("Succeeded", "Failed", "Stopped")}
     status: ExecutionStatus = "Succeeded"
-    if refused or count["Failed"] or (verify is not None and not verify.ok):
+    if refused or prune_problem or count["Failed"] or (verify is not None and not verify.ok):
         status = "Failed"
     elif count["Stopped"] or stopped_reason:
         status = "Stopped"
@@ -84,6 +105,8 @@ def _execution(policy: str, tasks: list[TaskSummary], stopped_reason: str, refus
         # A failed verification leads the message: the transfers alone said all was well.
         message = f"{message}. {verify.summary(MESSAGE_FAILURES)}" if verify.ok else \
             f"{verify.summary(MESSAGE_FAILURES)}. {message}"
+    if prune_problem:
+        message = f"{prune_problem}. {message}"
     return Execution(policy=policy, status=status, total=len(tasks), succeed=count["Succeeded"],
                      failed=count["Failed"], stopped=count["Stopped"], bytes=sum(t.bytes for t in tasks),
                      tasks=tasks, message=message, verify=verify)

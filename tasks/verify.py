@@ -6,6 +6,13 @@ run does): the target tag must exist and point at the source's digest, and every
 manifest references must be there: child manifests of an index (fetched by digest and checked in
 turn) and every blob by HEAD, foreign (non-distributable) layers excepted, as the copy skips them.
 
+A policy naming ``platforms`` expects on the target what its replication pushes, decided by the
+same code (tasks/platforms.py ``choose``): a tag the platforms leave behind is not expected at
+all; an index is expected at the digest pushed for it (the source's with ``platform_index:
+keep``, the rewritten index's with ``rewrite``), and only its kept children are looked into.
+That costs a GET of the source manifest per distinct digest, of nested indexes, and of a single
+image's config. A source manifest or config that cannot be read is checked as without platforms.
+
 Read-only and cheap: two HEADs per tag, one GET per distinct manifest, one HEAD per distinct blob
 per target repository, however many tags share it.
 """
@@ -22,9 +29,11 @@ from pydantic import BaseModel
 from adapters import Adapter
 from adapters.errors import ConfigError, ContentError, NotFoundError
 from adapters.oci import Digest, Manifest, is_foreign_layer
+from adapters.oci.platform import parse_platforms
 from policies.models import Policy
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.plan import target_name
+from tasks.platforms import Selection, choose
 
 # Requests in flight at once, source and target together. Every request is a HEAD or a small
 # manifest GET, so the registry's request handling, not bandwidth, is the limit: this is the
@@ -106,11 +115,15 @@ class _Checker:
         self.source = source.client
         self.target = target.client
         self.override = policy.override
+        self.platforms = parse_platforms(policy.platforms)
+        self.platform_index = policy.platform_index
         self.group: asyncio.TaskGroup | None = None
         self._slots = asyncio.Semaphore(VERIFY_CONCURRENCY)
         # One request per key however many tags need it; the task shares its answer.
         self.blobs: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._manifests: dict[tuple[str, str], asyncio.Task[Manifest | str]] = {}
+        # What of a source manifest travels for the policy's platforms, by (repository, digest).
+        self._chosen: dict[tuple[str, str], asyncio.Task[Selection | str | None]] = {}
 
     async def _limited(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._slots:
@@ -137,24 +150,58 @@ class _Checker:
             return Problem(repository=src_repo, target=dst_repo, tag=tag, kind=kind, detail=detail,
                            digest=digest)
 
+        selection = None
+        if self.platforms:
+            chosen = await self._chosen_for(src_repo, head.digest)
+            if isinstance(chosen, str):
+                return []  # the policy's platforms leave it behind: nothing to expect
+            selection = chosen
+        expected, wanted, absent = head.digest, f"source has {head.digest}", f"the source has {head.digest}"
+        if selection is not None and selection.rewritten:
+            expected = selection.pushed.digest
+            wanted = absent = (f"expected {expected} (the source's {head.digest} rewritten for "
+                               f"{', '.join(selection.platforms)})")
         if found is None:
-            return [problem("missing-tag", f"not on the target; the source has {head.digest}", head.digest)]
+            return [problem("missing-tag", f"not on the target; {absent}", expected)]
         problems = []
-        if found.digest != head.digest:
+        if found.digest != expected:
             kept = "" if self.override else " (override is off, so replication keeps the target's)"
-            detail = f"source has {head.digest}, target has {found.digest}{kept}"
-            problems.append(problem("digest-differs", detail, head.digest))
+            problems.append(problem("digest-differs", f"{wanted}, target has {found.digest}{kept}", expected))
+            selection = None  # the target's own index: every child of it is looked into
         problems += [problem(kind, detail, digest)
-                     for kind, detail, digest in await self._contents(dst_repo, found.digest)]
+                     for kind, detail, digest in await self._contents(dst_repo, found.digest, selection)]
         return problems
 
-    async def _contents(self, repo: str, top: Digest) -> list[tuple[ProblemKind, str, Digest]]:
-        """What the target lacks of manifest ``top``: child manifests and blobs, each named once."""
+    async def _chosen_for(self, repo: str, digest: Digest) -> Selection | str | None:
+        if (repo, digest) not in self._chosen:
+            assert self.group is not None
+            self._chosen[(repo, digest)] = self.group.create_task(self._choose(repo, digest))
+        return await self._chosen[(repo, digest)]
+
+    async def _choose(self, repo: str, digest: Digest) -> Selection | str | None:
+        """As replication decides it; None (checked as without platforms) for a source manifest
+        or config that cannot be read."""
+        async def fetch(ref: Digest) -> Manifest:
+            return await self._limited(partial(self.source.get_manifest, repo, ref))
+
+        try:
+            manifest = await fetch(digest)
+            decide = partial(choose, self.source, repo, manifest, self.platforms, self.platform_index, fetch)
+            # An index's reads go through fetch, each within the bound; an image's one config read
+            # is bounded here.
+            return await (decide() if manifest.is_index else self._limited(decide))
+        except (NotFoundError, ContentError):
+            return None
+
+    async def _contents(self, repo: str, top: Digest,
+                        selection: Selection | None = None) -> list[tuple[ProblemKind, str, Digest]]:
+        """What the target lacks of manifest ``top``: child manifests and blobs, each named once.
+        With the ``selection`` for the policy's platforms of an index, only its kept children."""
         problems: list[tuple[ProblemKind, str, Digest]] = []
         seen: set[str] = set()
-        pending: list[tuple[Digest, str]] = [(top, "")]
+        pending: list[tuple[Digest, str, Selection | None]] = [(top, "", selection)]
         while pending:
-            digest, parent = pending.pop()
+            digest, parent, chosen = pending.pop()
             if digest in seen:
                 continue
             seen.add(digest)
@@ -162,7 +209,13 @@ class _Checker:
             if isinstance(manifest, str):
                 problems.append(("missing-manifest", f"manifest {digest}{parent}: {manifest}", digest))
                 continue
-            pending.extend((c.digest, f" (child of index {digest})") for c in manifest.children)
+            if chosen is None:
+                pending.extend((c.digest, f" (child of index {digest})", None) for c in manifest.children)
+            else:
+                for child in chosen.kept:
+                    inner = chosen.nested.get(child.digest)
+                    pending.append((inner.pushed.digest if inner is not None else child.digest,
+                                    f" (child of index {digest})", inner))
             wanted = [b for b in manifest.blobs
                       if not is_foreign_layer(b.media_type) and b.digest not in seen]
             seen.update(b.digest for b in wanted)

@@ -35,7 +35,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,6 +58,10 @@ MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
 CREDENTIAL_REFRESH_MARGIN_SECONDS = 300.0
 # The OAuth2 client_id sent with refresh-token grants (the spec requires one; any name will do).
 OAUTH_CLIENT_ID = "regflow"
+# Scopes asked for in one token fetch by ``prefetch``: one token then serves that many
+# repositories. The token lists each grant (~60 bytes) and rides in every request's
+# Authorization header, which proxies in front of registries cap at 8 KiB (nginx's default).
+TOKEN_SCOPES_PER_FETCH = 32
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -187,6 +191,8 @@ class RegistryAuth(httpx.Auth):
         self._basic_only = False
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
+        # resource ("repository:a/b") -> a prefetched token asked for it, and with which actions
+        self._shared: dict[str, tuple[frozenset[str], _Token]] = {}
         self.token_fetches = 0  # for tests and benchmarks: how often we asked the realm
         self.credential_fetches = 0  # how often the credential provider was asked
 
@@ -199,6 +205,62 @@ class RegistryAuth(httpx.Auth):
         self._provider = provider
         self._provided = None
         self._tokens.clear()
+        self._shared.clear()
+
+    def learn_challenge(self, response: httpx.Response) -> None:
+        """The registry's own 401 to an anonymous request names its token service: remember it,
+        so that tokens can be fetched before the first request that needs one. A realm that
+        would get credentials in cleartext is not learnt (the request flow refuses it)."""
+        if response.status_code != 401 or self._bearer is not None or not self._home.holds(response.url):
+            return
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if (challenge is not None and challenge.scheme == "bearer" and "realm" in challenge.params
+                and realm_refusal(challenge.params["realm"], response.url.scheme) is None):
+            self._bearer = challenge
+
+    @property
+    def knows_realm(self) -> bool:
+        """A registry that asked for a bearer token: prefetch can do something."""
+        return self._bearer is not None and not self._basic_only
+
+    async def prefetch(self, scopes: Sequence[str]) -> None:
+        """Tokens for many scopes in few fetches, ahead of the requests that need them: one
+        fetch per TOKEN_SCOPES_PER_FETCH repositories instead of one per repository (a round
+        trip each, on the path of that repository's first request). A request whose scopes one
+        such token was asked for uses it; a registry that refuses it (the token service granted
+        less than asked) gets a token of its own, as without prefetch."""
+        if not self.knows_realm:
+            return
+        wanted = [s for s in dict.fromkeys(normalize_scope(s) for s in scopes) if self._covering((s,)) is None
+                  and not self._fresh_exact((s,))]
+        batches = [tuple(wanted[i:i + TOKEN_SCOPES_PER_FETCH])
+                   for i in range(0, len(wanted), TOKEN_SCOPES_PER_FETCH)]
+        for batch, token in zip(batches, await asyncio.gather(*map(self._token_for, batches)), strict=True):
+            for scope in batch:
+                resource, _, actions = scope.rpartition(":")
+                self._shared[resource] = (frozenset(actions.split(",")), token)
+
+    def _fresh_exact(self, scopes: tuple[str, ...]) -> bool:
+        token = self._tokens.get(scopes)
+        return token is not None and token.fresh()
+
+    def _covering(self, scopes: tuple[str, ...]) -> _Token | None:
+        """The one prefetched token asked for every scope of a request, if any."""
+        found: _Token | None = None
+        for scope in scopes:
+            resource, _, actions = scope.rpartition(":")
+            entry = self._shared.get(resource)
+            if entry is None or not set(actions.split(",")) <= entry[0] or not entry[1].fresh():
+                return None
+            if found is not None and entry[1] is not found:
+                return None
+            found = entry[1]
+        return found
+
+    def _drop_shared(self, scopes: tuple[str, ...]) -> None:
+        """A registry refused a prefetched token for these scopes: ask for them alone next."""
+        for scope in scopes:
+            self._shared.pop(scope.rpartition(":")[0], None)
 
     @property
     def has_credentials(self) -> bool:
@@ -264,12 +326,14 @@ class RegistryAuth(httpx.Auth):
                                           url=str(response.url.copy_with(query=None)))
             if self._bearer is not None and _realm_of(self._bearer) != _realm_of(challenge):
                 self._tokens.clear()  # tokens of another token service are not for this one
+                self._shared.clear()
             self._bearer = challenge
             # The registry may ask for a different scope than we guessed: ask for both.
             wanted = challenge.params.get("scope")
             if wanted and normalize_scope(wanted) not in {normalize_scope(s) for s in scopes}:
                 scopes = (*scopes, wanted)
             self._tokens.pop(scopes, None)
+            self._drop_shared(scopes)
         else:
             return
         await self._authorize(request, scopes, fetch=True)
@@ -289,6 +353,8 @@ class RegistryAuth(httpx.Auth):
         token = self._tokens.get(scopes)
         if token is not None and not token.fresh():
             token = None
+        if token is None and scopes:
+            token = self._covering(scopes)
         if token is None and fetch:
             # A token just issued is used even when its lifetime is within the refresh margin
             # (or issued_at looks old through clock skew); the next request fetches a new one.

@@ -16,7 +16,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,16 +42,28 @@ from adapters.errors import (
     NotFoundError,
     RateLimitedError,
     RegistryError,
+    ReplicationError,
     TransportError,
     error_for_status,
 )
-from adapters.oci import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, Digest, Manifest, parse_manifest
+from adapters.oci import (
+    MANIFEST_ACCEPT,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    Descriptor,
+    Digest,
+    Manifest,
+    parse_manifest,
+)
 
 # Connections kept open to one registry: as many as blobs move at once (BLOB_CONCURRENCY).
 # httpcore's pool looks at every connection on each request and answer, so a bigger pool costs
 # client CPU without moving bytes faster (docs/decisions.md). Over HTTP/2 one connection
 # carries every stream.
 MAX_CONNECTIONS_PER_HOST = 8
+# Connections for blob bodies (opened only when used): as many as blobs may move at once to a
+# far registry, where the copier widens its blob slots with the round trip (tasks/blobs.py).
+MAX_BULK_CONNECTIONS = 32
 # An idle connection is closed after this long: it spans the pauses between a run's phases
 # (planning, then blobs, then manifests) and stays under the idle timeouts of the proxies and
 # load balancers in front of registries (nginx 75 s, AWS ALB 60 s), so a request never goes
@@ -140,6 +152,9 @@ def repo_scope(repository: str, actions: str) -> str:
 
 
 CATALOG_SCOPE = "registry:catalog:*"
+# Below this many repositories a prefetch saves nothing: the first request learns the realm
+# with its 401, and one token each is as many fetches.
+PREFETCH_TOKENS_FROM = 2
 
 # Sees every registry answer (success or error) before the client reads it, e.g. to follow a
 # vendor's rate-limit headers; the seconds it returns hold every further request to the
@@ -174,16 +189,32 @@ class DistributionClient:
         # error tree's ``transient``), and one like it for each proxy in the environment. A
         # transport passed in would switch those proxies off (httpx reads them only without).
         # The hook caps the bodies httpx reads by itself: redirects it follows, 401s it retries.
-        self._http = httpx.AsyncClient(
-            base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=True,
-            transport=transport, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
-            event_hooks={"response": [cap_bodies_httpx_reads]},
-        )
+        self._http = self._client(verify, timeout, limits, transport, http2=True)
+        # Blob bodies go over HTTP/1.1 connections of their own, one stream each: the spec moves
+        # one blob per request, and behind a far registry each TCP connection has its own
+        # bandwidth limit, which one HTTP/2 connection carrying every blob would share
+        # (docs/decisions.md, issue 21). Manifests, HEADs and lists stay multiplexed.
+        self._bulk = self._client(verify, timeout, httpx.Limits(
+            max_connections=max(max_connections, MAX_BULK_CONNECTIONS),
+            max_keepalive_connections=max(max_connections, MAX_BULK_CONNECTIONS),
+            keepalive_expiry=KEEPALIVE_SECONDS), transport, http2=False)
+        self._pinged = False  # asked /v2/ for the realm already (prefetch_tokens)
         self.requests_made = 0
+        # The quickest answer (request sent to headers back) of a request without a blob body:
+        # about one round trip to the registry, which sizes how much is kept in flight.
+        self.fastest_answer: float | None = None
         # Answers by status ("error": none came), and holds started: an execution's traffic.
         self.responses: Counter[str] = Counter()
         self.holds = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
+
+    def _client(self, verify: ssl.SSLContext, timeout: httpx.Timeout, limits: httpx.Limits,
+                transport: httpx.AsyncBaseTransport | None, *, http2: bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self._origin, verify=verify, timeout=timeout, limits=limits, http2=http2,
+            transport=transport, follow_redirects=True, auth=self.auth, headers=DEFAULT_HEADERS,
+            event_hooks={"response": [cap_bodies_httpx_reads]},
+        )
 
     def __repr__(self) -> str:
         return f"DistributionClient({self.endpoint.url!r})"
@@ -194,6 +225,7 @@ class DistributionClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._bulk.aclose()
         await self._token_http.aclose()
 
     async def __aenter__(self) -> DistributionClient:
@@ -234,6 +266,7 @@ class DistributionClient:
         ok: tuple[int, ...],
         stream: bool = False,
         timed: bool = True,
+        bulk: bool = False,
         **kw: Any,
     ) -> httpx.Response:
         """One request whose answer's body the caller does not need, or (``stream``) reads
@@ -242,9 +275,9 @@ class DistributionClient:
         carry a blob: per-read timeouts only)."""
         if stream:
             await self._hold()
-            return await self._open(method, url, scopes=scopes, ok=ok, **kw)
+            return await self._open(method, url, scopes=scopes, ok=ok, bulk=bulk, **kw)
         response, _ = await self._exchange(method, url, scopes=scopes, ok=ok, limit=MAX_DRAINED_BODY_BYTES,
-                                           truncate=True, timed=timed, **kw)
+                                           truncate=True, timed=timed, bulk=bulk, **kw)
         return response
 
     async def _exchange(
@@ -257,6 +290,7 @@ class DistributionClient:
         limit: int,
         truncate: bool = False,
         timed: bool = True,
+        bulk: bool = False,
         **kw: Any,
     ) -> tuple[httpx.Response, bytes]:
         """One request and its body read up to ``limit`` (over it: ``AnswerTooLargeError``,
@@ -266,7 +300,7 @@ class DistributionClient:
         await self._hold()
         full = self._full(url)
         async with within(NON_BLOB_DEADLINE_SECONDS if timed else None, what=f"{method} {_redact(full)}"):
-            response = await self._open(method, url, scopes=scopes, ok=ok, **kw)
+            response = await self._open(method, url, scopes=scopes, ok=ok, bulk=bulk, **kw)
             async with _closing(response):
                 with _transport_errors(method, full):
                     body = await read_capped(response, limit, what=f"{method} {_redact(full)}",
@@ -274,20 +308,25 @@ class DistributionClient:
         return response, body
 
     async def _open(self, method: str, url: str, *, scopes: tuple[str, ...], ok: tuple[int, ...],
-                    **kw: Any) -> httpx.Response:
-        """Send a request and return its streamed answer; a status outside ``ok`` raises."""
+                    bulk: bool = False, **kw: Any) -> httpx.Response:
+        """Send a request and return its streamed answer; a status outside ``ok`` raises.
+        ``bulk``: it carries a blob's bytes, on the HTTP/1.1 connections."""
         # One parse of the whole URL: a relative one would be parsed, then merged with the base URL
         # and parsed again (httpx validates every character each time; digests make URLs long).
         target = httpx.URL(url if "://" in url else f"{self._origin}/{url.lstrip('/')}")
-        request = self._http.build_request(method, target, extensions={SCOPES_EXTENSION: scopes}, **kw)
+        http = self._bulk if bulk else self._http
+        request = http.build_request(method, target, extensions={SCOPES_EXTENSION: scopes}, **kw)
         self.requests_made += 1
         with _transport_errors(method, self._full(url)):
             # Always streamed, so that no body is read before its cap applies.
+            started = time.monotonic()
             try:
-                response = await self._http.send(request, stream=True)
+                response = await http.send(request, stream=True)
             except httpx.TransportError:
                 self.responses["error"] += 1
                 raise
+            if not bulk:
+                self._answered(time.monotonic() - started)
             self.responses[str(response.status_code)] += 1
             if self._observer is not None:
                 self.hold_for(self._observer(response))
@@ -300,6 +339,9 @@ class DistributionClient:
                 finally:
                     await response.aclose()
         return response
+
+    def _answered(self, seconds: float) -> None:
+        self.fastest_answer = seconds if self.fastest_answer is None else min(self.fastest_answer, seconds)
 
     def hold_for(self, seconds: float | None) -> None:
         """Send nothing more to this registry for ``seconds`` (at most MAX_HOLD_SECONDS)."""
@@ -324,14 +366,32 @@ class DistributionClient:
         self.requests_made += 1
         async with within(NON_BLOB_DEADLINE_SECONDS, what=f"GET {_redact(url)}"):
             with _transport_errors("GET", url):
+                started = time.monotonic()
                 response = await self._token_http.send(self._token_http.build_request("GET", url),
                                                        stream=True)
+                self._answered(time.monotonic() - started)
                 async with _closing(response):
                     if response.status_code not in (200, 401, 403):
                         raise await _error_from(response)
                     await read_capped(response, MAX_DRAINED_BODY_BYTES, what=f"GET {_redact(url)}",
                                       truncate=True)
+        self.auth.learn_challenge(response)
         return response.status_code
+
+    async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
+        """Bearer tokens for every repository a run will touch, a few fetches for all of them
+        (RegistryAuth.prefetch), before the requests that need them. Best effort: whatever it
+        could not get, each request fetches for itself as before."""
+        names = list(dict.fromkeys(repositories))
+        if len(names) < PREFETCH_TOKENS_FROM:
+            return
+        try:
+            if not self.auth.knows_realm and not self._pinged:
+                self._pinged = True
+                await self.ping()  # a registry's 401 to an anonymous GET /v2/ names its realm
+            await self.auth.prefetch([self._scope(name, actions) for name in names])
+        except ReplicationError:
+            return
 
     async def check_credentials(self) -> None:
         """GET /v2/ through the auth flow: raises AuthenticationError when refused."""
@@ -371,6 +431,61 @@ class DistributionClient:
         except NotFoundError:
             return False
         return bool(_json_list(response, body, "tags"))
+
+    # -- referrers (OCI distribution 1.1) ----------------------------------------------------
+
+    # Whether the registry serves the referrers API: None until asked, then remembered for the
+    # client's life, so a run asks a registry without it once, not once per manifest. Class
+    # defaults, so a subclass that skips __init__ has them; the OCI layout client says False.
+    referrers_api: bool | None = None
+    _referrers_probe: asyncio.Lock | None = None
+
+    async def referrers(self, repository: str, digest: Digest,
+                        artifact_type: str | None = None) -> list[Descriptor] | None:
+        """The descriptors of the manifests whose ``subject`` is ``digest`` (every page), only
+        those of ``artifact_type`` when given; None when the registry has no referrers API.
+
+        The spec forbids a registry with the API to answer 404 here, so a 404 means it lacks
+        it (distribution 2.8 answers its router's plain-text ``404 page not found``)."""
+        if self.referrers_api is False:
+            return None
+        if self.referrers_api is None:
+            if self._referrers_probe is None:
+                self._referrers_probe = asyncio.Lock()
+            async with self._referrers_probe:  # the first answer decides for all that wait
+                if self.referrers_api is None:
+                    return await self._referrers(repository, digest, artifact_type)
+            if self.referrers_api is False:
+                return None
+        return await self._referrers(repository, digest, artifact_type)
+
+    async def _referrers(self, repository: str, digest: Digest,
+                         artifact_type: str | None) -> list[Descriptor] | None:
+        found: list[Descriptor] = []
+        url: str | None = self._path(repository, "referrers", digest)
+        if artifact_type is not None:
+            url = f"{url}?{urlencode({'artifactType': artifact_type})}"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return found
+            try:
+                response, body = await self._exchange(
+                    "GET", url, scopes=(self._scope(repository, "pull"),), ok=(200,),
+                    limit=MAX_MANIFEST_BYTES, headers={"Accept": OCI_INDEX})
+            except NotFoundError:
+                if self.referrers_api is None:
+                    self.referrers_api = False
+                    return None
+                raise
+            self.referrers_api = True
+            index = parse_manifest(body, response.headers.get("Content-Type"))
+            if not index.is_index:
+                raise ContentError(f"referrers of {repository}@{digest}: {index.media_type} is not an index")
+            filtered = "artifacttype" in response.headers.get("OCI-Filters-Applied", "").lower()
+            found.extend(c for c in index.children
+                         if artifact_type is None or filtered or c.artifact_type == artifact_type)
+            url = _next_link(response)
+        raise ContentError(f"referrers of {repository}@{digest} did not end after {MAX_PAGES} pages")
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -447,7 +562,7 @@ class DistributionClient:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         response = await self._send("GET", self._path(repository, "blobs", digest),
                                     scopes=(self._scope(repository, "pull"),), ok=(200, 206),
-                                    stream=True, headers=headers)
+                                    stream=True, bulk=True, headers=headers)
         async with _closing(response):
             length = response.headers.get("Content-Length")
             if response.status_code == 206:
@@ -479,15 +594,15 @@ class DistributionClient:
         """Monolithic upload: the whole blob in the closing PUT of an upload session."""
         await self._send("PUT", _with_digest(location, digest),
                          scopes=(self._scope(repository, "pull,push"),), ok=(201, 204),
-                         timed=False, content=body, headers={"Content-Type": "application/octet-stream",
-                                                "Content-Length": str(size)})
+                         timed=False, bulk=True, content=body,
+                         headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
 
     async def patch_chunk(self, repository: str, location: str, offset: int, length: int,
                           body: AsyncIterable[bytes] | bytes) -> str:
         """Append ``length`` bytes at ``offset``; returns the next upload location."""
         response = await self._send(
             "PATCH", location, scopes=(self._scope(repository, "pull,push"),), ok=(202,),
-            timed=False, content=body, headers={"Content-Type": "application/octet-stream",
+            timed=False, bulk=True, content=body, headers={"Content-Type": "application/octet-stream",
                                    "Content-Range": f"{offset}-{offset + length - 1}",
                                    "Content-Length": str(length)},
         )

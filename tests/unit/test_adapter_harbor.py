@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -164,11 +165,12 @@ async def test_artifacts_page_and_carry_labels_types_and_accessories(fake, adapt
 
     signature = Accessory(type="signature.cosign", digest=digest("sig"), subject_digest=subject)
     sbom = Accessory(type="harbor.sbom", digest=digest("sbom"), subject_digest=subject)
+    pushed = datetime(2024, 5, 1, 10, tzinfo=UTC)  # the fake's push_time; its configs name no time
     assert artifacts == [
         Artifact(digest=subject, type="IMAGE", tags=("1.0", "latest"), labels=("prod", "team-a"),
-                 accessories=(signature, sbom)),
-        Artifact(digest=digest("chart"), type="CHART", tags=("0.1.0",)),
-        Artifact(digest=digest("untagged"), type="IMAGE"),
+                 accessories=(signature, sbom), created=pushed),
+        Artifact(digest=digest("chart"), type="CHART", tags=("0.1.0",), created=pushed),
+        Artifact(digest=digest("untagged"), type="IMAGE", created=pushed),
     ]
     asked = fake.seen("GET", r"/api/v2.0/projects/library/repositories/.*/artifacts")
     assert [r.url.params["page"] for r in asked] == ["1", "2"]
@@ -269,6 +271,21 @@ async def test_discover_for_an_event_on_the_signature_itself(fake, adapter):
     # The same event on an unlabelled artifact's signature copies nothing.
     two_sig = Resource(repository="library/app", tag=cosign(digest("2.0"), "sig"))
     assert await discover(adapter, labelled, [two_sig]) == []
+
+
+async def test_with_referrers_off_an_accessory_travels_only_when_the_tag_filters_select_it(fake, adapter):
+    """``referrers: false``: cosign's tags are tags like any other (as on a tag-list source)."""
+    one = seed_signed_app(fake)
+    off = Policy(name="p", src_registry="src", dest_registry="dst", referrers=False,
+                 filters=[flt("label", "prod"), flt("tag", "*.0")])
+    assert [(f.repository, f.tags) for f in await discover(adapter, off)] == [("library/app", ["1.0"])]
+    # '*' selects them: the selected (labelled) artifact's come, the unlabelled one's do not.
+    every = off.model_copy(update={"filters": [flt("label", "prod"), flt("tag", "*")]})
+    assert [(f.repository, f.tags) for f in await discover(adapter, every)] == [
+        ("library/app", ["1.0", cosign(one, "sig"), cosign(one, "att")])]
+    signatures_only = off.model_copy(update={"filters": [flt("label", "prod"), flt("tag", "{*.0,*.sig}")]})
+    assert [(f.repository, f.tags) for f in await discover(adapter, signatures_only)] == [
+        ("library/app", ["1.0", cosign(one, "sig")])]
 
 
 async def test_label_filters_need_a_source_that_lists_artifacts():

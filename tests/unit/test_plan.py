@@ -11,8 +11,10 @@ from adapters.oci import Digest, parse_manifest
 from policies.models import Policy
 from tasks.discover import RepositoryTags
 from tasks.plan import PLAN_REPOSITORIES_AT_ONCE, make_plan, plan_each
+from tests.support.fake_client import NoRoundTrips
 
-POLICY = Policy(name="p", src_registry="s", dest_registry="d")
+# Referrers cost requests of their own: tests/unit/test_referrers.py counts those.
+POLICY = Policy(name="p", src_registry="s", dest_registry="d", referrers=False)
 CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
           "digest": str(Digest.of(b"{}"))}
 RAW = (b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": '
@@ -21,7 +23,7 @@ MANIFEST = parse_manifest(RAW, "application/vnd.oci.image.manifest.v1+json")
 OLD = Digest.of(b"a schema1 manifest")
 
 
-class Source:
+class Source(NoRoundTrips):
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
@@ -36,12 +38,12 @@ class Source:
         return ManifestHead(OLD if ref == "old" else MANIFEST.digest, "x", 1)
 
 
-class EmptyTarget:
+class EmptyTarget(NoRoundTrips):
     async def head_manifest(self, repository: str, ref: str) -> None:
         return None
 
 
-class Target:
+class Target(NoRoundTrips):
     """A target holding ``tags`` (each at MANIFEST's digest); records what it is asked."""
 
     def __init__(self, tags: set[str], *, listing: bool = True) -> None:
@@ -160,3 +162,27 @@ async def test_a_pinned_tag_is_read_by_its_digest_not_by_its_name() -> None:
         "new": (pinned, "copy"), "held": (pinned, "identical"), "free": (MANIFEST.digest, "copy")}
     # The first run's digest, never the tag's name, for the pinned ones; the name for the rest.
     assert sorted(source.calls) == [("GET", "free"), ("GET", str(pinned)), ("HEAD", str(pinned))]
+
+
+class Untagged(Target):
+    """A target without a tag that holds MANIFEST untagged, by its digest."""
+
+    async def head_manifest(self, repository: str, ref: str) -> ManifestHead | None:
+        self.calls.append(f"HEAD {ref}")
+        return ManifestHead(MANIFEST.digest, "x", 1) if ref == str(MANIFEST.digest) else None
+
+
+async def test_a_digest_is_asked_by_digest_even_when_the_target_has_no_tag() -> None:
+    """"No tag at all" says nothing about untagged manifests: an untagged-only repository (its
+    first entry a digest) is asked digest by digest, and in a mixed one the shortcut spares the
+    tags' HEADs only."""
+    held, other = str(MANIFEST.digest), str(Digest.of(b"another untagged manifest"))
+    untagged_only = Untagged(set())
+    assert await plan_against(untagged_only, [other, held, str(OLD)]) == {
+        other: "copy", held: "identical", str(OLD): "copy"}
+    assert sorted(untagged_only.calls) == sorted(f"HEAD {d}" for d in (other, held, str(OLD)))
+
+    mixed = Untagged(set())
+    assert await plan_against(mixed, ["1", "2", "3", held]) == {
+        "1": "copy", "2": "copy", "3": "copy", held: "identical"}
+    assert mixed.calls == ["HEAD 1", "any tag?", f"HEAD {held}"]

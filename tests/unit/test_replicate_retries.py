@@ -31,6 +31,7 @@ from flows.replicate import (
 )
 from tasks.blobs import BLOB_ATTEMPTS, BlobCopier
 from tasks.models import TagOutcome, TransferResult
+from tests.support.fake_client import NoRoundTrips
 
 
 def _result(*, transient: bool) -> TransferResult:
@@ -63,6 +64,8 @@ async def test_an_event_run_discovers_every_tag_it_names_and_no_other():
     from tasks.discover import Resource, discover
 
     class Source:
+        client = NoRoundTrips()
+
         async def list_repositories(self, names):  # type: ignore[no-untyped-def]
             for n in names:
                 yield n
@@ -87,6 +90,7 @@ class Source:
     """Serves DATA from any offset, as a registry's blob GET does."""
 
     host = "src.example"
+    fastest_answer = None  # no round trips: the blob slots stay as they are
 
     @asynccontextmanager
     async def open_blob(self, repository: str, digest: str, offset: int = 0) -> AsyncIterator[Source]:
@@ -104,6 +108,7 @@ class Target:
 
     host = "dst.example"
     endpoint = SimpleNamespace(url="http://dst.example")
+    fastest_answer = None
 
     def __init__(self, **fail: list[BaseException | None]) -> None:
         self.fail = fail

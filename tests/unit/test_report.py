@@ -94,3 +94,42 @@ def test_the_file_round_trips_and_anything_else_is_one_line_of_bad_input(tmp_pat
         read_report_file(tmp_path / "missing.json")
     empty = FailedImagesReport(policy="p", created=datetime.now(UTC))
     assert empty.retry_selection() == ([], {})
+
+
+async def test_an_untagged_image_is_written_by_digest_and_a_retry_from_the_file_takes_it_again(
+        tmp_path: Path) -> None:
+    """An untagged manifest travels under its digest where a tag would stand (tasks/discover.py):
+    the report names it ``host/repo@<digest>``, and the file read back selects that digest."""
+    from adapters.endpoint import Endpoint
+    from adapters.native import NativeAdapter
+    from policies.models import Policy
+    from tasks.discover import discover
+
+    untagged = str(D2)
+    plan = Plan(repositories=[planned("app", ("1", D1, "copy"), (untagged, D2, "copy"))])
+    results: dict[str, TransferResult | BaseException] = {
+        "app": TransferResult(source_repository="app", target_repository="m/app", tags=[
+            TagOutcome(tag="1", digest=D1, status="failed", reason="TransportError: reset", transient=True),
+            TagOutcome(tag=untagged, digest=D2, status="failed", reason="TransportError: reset",
+                       transient=True)])}
+    report = build_report("p", plan, results, source_host="src:5000", target_host="dst:5000", stopped=False)
+    assert [(i.source, i.target) for i in report.images] == [
+        (f"src:5000/app:1@{D1}", "dst:5000/m/app:1"),
+        (f"src:5000/app@{D2}", f"dst:5000/m/app@{D2}")]
+
+    path = tmp_path / "report.json"
+    write_report_file(report, path)
+    resources, pins = read_report_file(path).retry_selection()  # what `executions retry --from-report` runs
+    assert [(r.repository, r.tag) for r in resources] == [("app", "1"), ("app", untagged)]
+    assert pins == {"app": {"1": D1, untagged: D2}}
+
+    class Source(NativeAdapter):
+        async def list_tags(self, repository: str) -> list[str]:
+            return ["1", "2"]
+
+    source = Source(Endpoint(url="http://reg.test"))
+    try:
+        [found] = await discover(source, Policy(name="p", src_registry="s", dest_registry="d"), resources)
+    finally:
+        await source.aclose()
+    assert (found.repository, found.tags) == ("app", ["1", untagged])

@@ -26,6 +26,7 @@ from policies.models import Filter, Policy
 from tasks.plan import Plan, PlannedRepository, PlannedTag
 from tasks.summary import summarize
 from tasks.verify import VERIFY_CONCURRENCY, VerifyReport, verify_policy
+from tests.support.fake_client import NoRoundTrips
 
 KNOWN: dict[str, Manifest] = {}  # every manifest made here, by digest, so a fake can push children
 
@@ -57,7 +58,7 @@ def index(*children: Manifest) -> Manifest:
     return _known(parse_manifest(json.dumps(body).encode()))
 
 
-class FakeClient:
+class FakeClient(NoRoundTrips):
     """Repositories of tags and manifests (by digest) and blobs; counts and bounds every request."""
 
     host = "fake"
