@@ -28,6 +28,7 @@ from regflow_cli import prune as _prune  # noqa: F401  (registers `executions pr
 from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, run_or_fail, user_errors
 from regflow_cli.common import store as _store
 from regflow_cli.copy import copy_command
+from regflow_cli.importer import import_app
 from regflow_cli.manage import policy_app, registry_app
 from regflow_cli.runs import executions_app
 
@@ -38,6 +39,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(policy_app, name="policy")
 app.add_typer(executions_app, name="executions")
 app.command(name="copy")(copy_command)
+app.add_typer(import_app, name="import")
 
 
 @app.command()

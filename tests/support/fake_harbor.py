@@ -22,8 +22,11 @@ import base64
 import itertools
 import json
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
@@ -124,6 +127,9 @@ class FakeHarbor:
     created: list[dict[str, Any]] = field(default_factory=list)  # POST /projects bodies
     requests: list[httpx.Request] = field(default_factory=list)
     _faults: list[_Fault] = field(default_factory=list)
+    # GET /registries and /replication/policies answer these (registry_json, replication_policy_json).
+    registries: list[dict[str, Any]] = field(default_factory=list)
+    replication_policies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -218,6 +224,8 @@ class FakeHarbor:
             return _error(401, "UNAUTHORIZED", "unauthorized")
         if route == "/projects":
             return self._projects(request)
+        if route in REPLICATION_ROUTES and request.method == "GET":
+            return self._page(request, getattr(self, REPLICATION_ROUTES[route]))
         # The router splits on '/' after decoding once: a name must arrive encoded twice.
         raw = request.url.raw_path.decode().split("?")[0]
         segments = "/".join(unquote(s) for s in raw.split("/")).split("/")[3:]
@@ -277,3 +285,109 @@ def reply(status: int = 200, body: Any = None, *, text: str | None = None,
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> httpx.Response:
     return reply(status, errors_json(code, message), headers=headers)
+
+
+# -- replication settings (issue 19: regflow import harbor) ---------------------------------------
+
+REPLICATION_ROUTES = {"/registries": "registries", "/replication/policies": "replication_policies"}
+ZERO_TIME = "0001-01-01T00:00:00.000Z"
+MASKED_SECRET = "*****"
+# go-swagger's omitempty: Harbor leaves out every false, zero and empty field of these models,
+# except those its swagger marks as pointers (x-isnullable) or x-omitempty false.
+_POLICY_POINTERS = frozenset({"dest_namespace_replace_count", "speed", "copy_by_chunk",
+                              "single_active_replication"})
+
+
+def _omit_empty(data: dict[str, Any], keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in keep or v not in (False, 0, "", None, [], {})}
+
+
+def registry_json(registry_id: int, name: str, type_: str, url: str, *, access_key: str = "",
+                  secret: bool = False, credential_type: str = "basic", insecure: bool = False,
+                  description: str = "", ca_certificate: str = "") -> dict[str, Any]:
+    """A Registry as ``GET /registries`` answers it: the secret masked, never returned."""
+    credential = _omit_empty({"type": credential_type, "access_key": access_key,
+                              "access_secret": MASKED_SECRET if secret else ""})
+    return _omit_empty({"id": registry_id, "name": name, "type": type_, "url": url,
+                        "description": description, "credential": credential, "insecure": insecure,
+                        "ca_certificate": ca_certificate,
+                        "status": "healthy", "creation_time": PUSH_TIME, "update_time": PUSH_TIME},
+                       frozenset({"id"}))
+
+
+def local_registry_json() -> dict[str, Any]:
+    """Harbor's own side of a policy, as its API answers it: id 0, "Local", its core's URL."""
+    return {"id": 0, "name": "Local", "type": "harbor", "url": "http://core:8080", "insecure": True,
+            "credential": {"type": "secret", "access_secret": MASKED_SECRET}, "status": "healthy",
+            "creation_time": ZERO_TIME, "update_time": ZERO_TIME}
+
+
+def filter_json(type_: str, value: Any, decoration: str = "") -> dict[str, Any]:
+    return _omit_empty({"type": type_, "value": value, "decoration": decoration})
+
+
+def trigger_json(type_: str = "manual", cron: str = "") -> dict[str, Any]:
+    return {"type": type_, "trigger_settings": {"cron": cron}}
+
+
+def replication_policy_json(policy_id: int, name: str, *, src: dict[str, Any] | None,
+                            dest: dict[str, Any] | None, filters: Sequence[dict[str, Any]] = (),
+                            trigger: dict[str, Any] | None = None, description: str = "",
+                            dest_namespace: str = "", dest_namespace_replace_count: int | None = -1,
+                            replicate_deletion: bool = False, override: bool = True, enabled: bool = True,
+                            speed: int | None = 0, copy_by_chunk: bool | None = False,
+                            single_active_replication: bool | None = False) -> dict[str, Any]:
+    """A ReplicationPolicy as ``GET /replication/policies`` answers it. ``src``/``dest``: a
+    registry_json, local_registry_json() or None (older Harbors' null for the local side)."""
+    return _omit_empty({
+        "id": policy_id, "name": name, "description": description, "creator": "admin",
+        "src_registry": src, "dest_registry": dest, "dest_namespace": dest_namespace,
+        "dest_namespace_replace_count": dest_namespace_replace_count,
+        "trigger": trigger or trigger_json(), "filters": list(filters),
+        "replicate_deletion": replicate_deletion, "deletion": replicate_deletion, "override": override,
+        "enabled": enabled, "speed": speed, "copy_by_chunk": copy_by_chunk,
+        "single_active_replication": single_active_replication,
+        "creation_time": PUSH_TIME, "update_time": PUSH_TIME,
+    }, _POLICY_POINTERS | {"id"})
+
+
+@contextmanager
+def serve_on_loopback(fake: FakeHarbor) -> Iterator[str]:
+    """``fake`` as a real HTTP server on 127.0.0.1 (for a CLI subprocess); yields its URL.
+
+    The fake's host becomes the server's address, so its own-host check keeps working."""
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            request = httpx.Request(self.command, f"http://{fake.host}{self.path}",
+                                    headers=list(self.headers.items()), content=body)
+            response = fake.handle(request)
+            content = response.read()
+            self.send_response(response.status_code)
+            for key, value in response.headers.items():
+                if key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(content)
+
+        do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    fake.host = f"127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake.url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
