@@ -10,10 +10,12 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from adapters.acr import AcrAdapter
+from adapters.aliacr import AliAcrAdapter
 from adapters.artifactory import ArtifactoryAdapter
 from adapters.base import Adapter, AdapterFactory, AdapterInfo, Health
 from adapters.chartmuseum import ChartMuseumAdapter
 from adapters.dockerhub import DockerHubAdapter
+from adapters.dtr import DtrAdapter
 from adapters.ecr import EcrAdapter
 from adapters.endpoint import Endpoint
 from adapters.errors import ConfigError
@@ -24,6 +26,9 @@ from adapters.harbor import HarborAdapter
 from adapters.native import NativeAdapter
 from adapters.oci_layout import OciLayoutAdapter
 from adapters.quay import QuayAdapter
+from adapters.swr import SwrAdapter
+from adapters.tcr import TcrAdapter
+from adapters.volcengine import VolcengineAdapter
 
 ADAPTERS: dict[str, AdapterFactory] = {
     "docker-registry": NativeAdapter,
@@ -36,15 +41,19 @@ ADAPTERS: dict[str, AdapterFactory] = {
     "azure-acr": AcrAdapter,
     "google-gcr": GcrAdapter,
     "aws-ecr": EcrAdapter,
+    "huawei-SWR": SwrAdapter,
+    "ali-acr": AliAcrAdapter,
+    "tencent-tcr": TcrAdapter,
+    "volcengine-cr": VolcengineAdapter,
+    "dtr": DtrAdapter,
     # Not a Harbor type: a read-only source that turns a ChartMuseum repository into OCI charts.
     "chartmuseum": ChartMuseumAdapter,
     # Not a Harbor type: a directory of OCI image layouts (file:///path), source or target.
     "oci-layout": OciLayoutAdapter,
 }
 
-# Harbor's registry type strings, in the order regflow takes them on, so that a Harbor user's
-# configuration carries over. A type listed here but not in ADAPTERS is refused at ``apply``
-# with a message saying it is planned, rather than "unknown".
+# Harbor's fifteen registry type strings, all in ADAPTERS, so that a Harbor user's
+# configuration (and `regflow import harbor`) carries over unchanged.
 HARBOR_TYPES: tuple[str, ...] = (
     "docker-registry", "harbor", "docker-hub", "github-ghcr", "quay", "gitlab",
     "jfrog-artifactory", "azure-acr", "google-gcr", "aws-ecr", "huawei-SWR", "ali-acr",
@@ -84,9 +93,6 @@ def _factory(type_: str) -> AdapterFactory:
         return ADAPTERS[type_]
     except KeyError:
         known = ", ".join(sorted(ADAPTERS))
-        if type_ in HARBOR_TYPES:
-            raise ConfigError(f"registry type {type_!r} is a Harbor type regflow does not support yet "
-                              f"(supported: {known})", field="type") from None
         raise ConfigError(f"registry type {type_!r} is not supported (supported: {known})",
                           field="type") from None
 

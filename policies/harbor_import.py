@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from adapters import ADAPTERS, HARBOR_TYPES, adapter_info
+from adapters import ADAPTERS, adapter_info
 from adapters.errors import ConfigError
 from policies.filters import LABEL_SEPARATOR, literal_names
 from policies.models import NAME_RE, Config, Filter, Policy, Trigger, parse_config
@@ -240,8 +240,7 @@ class _Mapping:
 
     def registry(self, harbor: HarborRegistry) -> None:
         if harbor.type not in ADAPTERS:
-            why = ("a Harbor type regflow does not support yet" if harbor.type in HARBOR_TYPES
-                   else "a type regflow does not know" if harbor.type else "no type given")
+            why = "a type regflow does not know" if harbor.type else "no type given"
             self.note("registry", harbor.label, outcome="skipped",
                       reason=f"type {harbor.type!r}: {why}; policies using it are skipped too")
             return

@@ -211,12 +211,6 @@ def bad_unknown_type() -> dict[str, Any]:
     return data
 
 
-def bad_planned_type() -> dict[str, Any]:
-    data = config_data()
-    data["registries"][1]["type"] = "dtr"
-    return data
-
-
 def bad_label_filter_on_plain_registry() -> dict[str, Any]:
     data = config_data()
     data["policies"][1]["filters"] = [{"type": "name", "value": "**"}, {"type": "label", "value": "prod"}]
@@ -247,7 +241,6 @@ def bad_unknown_field() -> dict[str, Any]:
         (bad_unknown_registry, "policies[1].dest_registry",
          "'nowhere' is not a registry in this file or in the store"),
         (bad_unknown_type, "registries[1].type", "registry type 'quay-enterprise' is not supported"),
-        (bad_planned_type, "registries[1].type", "'dtr' is a Harbor type regflow does not support yet"),
         (bad_label_filter_on_plain_registry, "policies[1].filters[1].type",
          "registry type 'docker-registry' does not support label filters"),
         (bad_read_only_target, "policies[0].dest_registry",
@@ -257,7 +250,7 @@ def bad_unknown_field() -> dict[str, Any]:
         (bad_unknown_field, "registries[0].colour", "Extra inputs are not permitted"),
         (lambda: "version: 1\nregistries: [\n  - name: src\n", None, "line 3, column"),
     ],
-    ids=["unknown-registry", "unknown-type", "planned-type", "label-filter-on-plain-registry",
+    ids=["unknown-registry", "unknown-type", "label-filter-on-plain-registry",
          "read-only-target", "option-the-type-does-not-take", "unknown-field", "malformed-yaml"],
 )
 def test_bad_input_leaves_the_store_untouched(
