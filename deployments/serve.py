@@ -2,8 +2,10 @@
 process worker on regflow's work pool), turns registry webhooks into runs and answers
 Prometheus on ``/metrics`` (deployments/metrics.py, deployments/scrape.py).
 
-The metrics share the webhook receiver's listener: one port to open and secure, and no option
-to add; each route checks its own credentials (webhook secrets, the metrics token).
+The metrics and Harbor's replication API (deployments/harbor_api, under ``/api/v2.0``) share the
+webhook receiver's listener: one port to open and secure; each route checks its own credentials
+(webhook secrets, the metrics token, the admin password). Without ``REGFLOW_ADMIN_PASSWORD`` the
+API is not mounted at all and the rest is served as before.
 
 Event runs are started directly with ``run_deployment`` (written down in docs/decisions.md):
 the receiver already knows the policy, so an automation would only add a hop and a delay.
@@ -21,11 +23,15 @@ from collections.abc import Iterator
 
 import uvicorn
 from prefect.deployments import run_deployment
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from adapters.errors import ConfigError
 from adapters.oci import Digest
 from deployments.coalesce import COALESCE_WINDOW_SECONDS, Coalescer
 from deployments.events import RegistryEvent
+from deployments.harbor_api import ADMIN_PASSWORD_ENV, API_PREFIX, admin_password, create_harbor_api
 from deployments.matching import matching_policies
 from deployments.metrics import MetricsCollector, PolicyState
 from deployments.processes import Worker
@@ -42,13 +48,13 @@ from tasks.discover import Resource
 SYNC_SECONDS = 3.0
 # How often the worker is checked and restarted if it died.
 SUPERVISE_SECONDS = 2.0
-DEFAULT_WEBHOOK_PORT = 8787
+DEFAULT_HTTP_PORT = 8787
 
 
 class Service:
-    def __init__(self, webhook_host: str, webhook_port: int, sync_seconds: float = SYNC_SECONDS) -> None:
-        self.webhook_host = webhook_host
-        self.webhook_port = webhook_port
+    def __init__(self, http_host: str, http_port: int, sync_seconds: float = SYNC_SECONDS) -> None:
+        self.http_host = http_host
+        self.http_port = http_port
         self.sync_seconds = sync_seconds
         self.coalescer = Coalescer(COALESCE_WINDOW_SECONDS, self._start_run)
         self._fingerprint = ""
@@ -56,6 +62,8 @@ class Service:
         self.worker = Worker(WORK_POOL, dict(os.environ) | heartbeat_environment(),
                              regflow_home() / "logs" / "worker.log")
         self._stopping = asyncio.Event()
+        # Set by the API after it changed the store: the deployments follow at once, not at the next poll.
+        self._store_changed = asyncio.Event()
         self.metrics = MetricsCollector(self._policy_states)
 
     def _policy_states(self) -> list[PolicyState]:
@@ -105,8 +113,16 @@ class Service:
                     self._fingerprint = fingerprint
                     print(f"deployments: applied {report.applied or '-'}, deleted {report.deleted or '-'}",
                           flush=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.sync_seconds)
+            await self._pause(self.sync_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        """Until ``seconds`` passed, serve is stopping or the API changed the store."""
+        waits = [asyncio.ensure_future(self._stopping.wait()),
+                 asyncio.ensure_future(self._store_changed.wait())]
+        _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+        self._store_changed.clear()
 
     async def supervise_worker(self) -> None:
         while not self._stopping.is_set():
@@ -115,22 +131,36 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SUPERVISE_SECONDS)
 
+    def http_app(self, token: SecretStr, password: SecretStr | None) -> Starlette:
+        """The listener's app: webhooks, /metrics, and Harbor's API when there is a password."""
+        routes: list[BaseRoute] = [metrics_route(self.metrics, token)]
+        if password is not None:
+            routes.append(create_harbor_api(self.store, password, on_change=self._store_changed.set))
+        return create_receiver(self.source, self.submit, routes=routes)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        token = metrics_token()  # before anything starts: a bad token stops serve with its reason
+        # Before anything starts: a bad token or password stops serve with its reason.
+        token = metrics_token()
+        password = admin_password()
         await ensure_automation()
-        app = create_receiver(self.source, self.submit, routes=[metrics_route(self.metrics, token)])
-        server = _Receiver(uvicorn.Config(app, host=self.webhook_host, port=self.webhook_port,
+        app = self.http_app(token, password)
+        server = _Receiver(uvicorn.Config(app, host=self.http_host, port=self.http_port,
                                           log_level="warning", lifespan="off"))
         tasks = [asyncio.create_task(self.keep_deployments_current()),
                  asyncio.create_task(self.supervise_worker()),
                  asyncio.create_task(prune_periodically(self.store, self._stopping)),
                  asyncio.create_task(server.serve())]
-        base = f"http://{self.webhook_host}:{self.webhook_port}"
+        base = f"http://{self.http_host}:{self.http_port}"
         print(f"webhooks on {base}/webhooks/<registry>", flush=True)
         print(f"metrics on {base}{METRICS_PATH} (bearer token in {token_origin()})", flush=True)
+        if password is None:
+            print(f"Harbor API off: set {ADMIN_PASSWORD_ENV} to serve it on {base}{API_PREFIX}", flush=True)
+        else:
+            print(f"Harbor API on {base}{API_PREFIX} (user admin, password in {ADMIN_PASSWORD_ENV})",
+                  flush=True)
         try:
             await self._stopping.wait()
         finally:

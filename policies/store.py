@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 import sqlmodel
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, delete, text
+from sqlalchemy import BigInteger, DateTime, Engine, Text, UniqueConstraint, create_engine, delete, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -70,6 +70,27 @@ class PolicyRow(_Row, table=True):
 
 
 RowT = TypeVar("RowT", RegistryRow, PolicyRow)
+Kind = Literal["registry", "policy"]
+
+
+class ApiIdRow(_Table, table=True):
+    """The integer id Harbor's API shows for a registry or policy name (deployments/harbor_api).
+
+    Given once per name, at the change that creates it, and kept after a delete: the same name
+    applied again gets its old id back, so scripts holding ids keep working across a
+    ``apply --prune`` round trip, and an id never names anything else. A table of its own, so
+    stores made before ids existed get it from ``create_all`` without a migration.
+    """
+
+    __tablename__ = "api_ids"
+    __table_args__ = (UniqueConstraint("kind", "id"),)
+    kind: str = sqlmodel.Field(primary_key=True, max_length=16)
+    name: str = sqlmodel.Field(primary_key=True, max_length=63)
+    id: int = sqlmodel.Field(sa_type=BigInteger)
+
+
+class NameTaken(ConfigError):
+    """A create found the name already stored (the API answers 409, as Harbor does)."""
 
 
 class UploadSessionRow(_Table, table=True):
@@ -147,10 +168,11 @@ class Store:
         self._engine.dispose()
 
     # ------------------------------------------------------------------------------- apply
-    def apply(self, config: Config, *, prune: bool = False) -> ApplyReport:
+    def apply(self, config: Config, *, prune: bool = False, only_new: bool = False) -> ApplyReport:
         """Make the store hold what ``config`` says, in one transaction, after checking all of it.
 
-        With ``prune``, registries and policies missing from ``config`` are deleted too.
+        With ``prune``, registries and policies missing from ``config`` are deleted too; with
+        ``only_new``, a name already stored is refused (NameTaken) and nothing changes.
         """
         for i, registry in enumerate(config.registries):
             _check_type(registry, f"registries[{i}]")
@@ -159,6 +181,8 @@ class Store:
         with self._changing() as session:
             old_registries = _rows(session, RegistryRow)
             old_policies = _rows(session, PolicyRow)
+            if only_new:
+                _check_new(config, old_registries, old_policies)
             _check_policies(config, old_registries, prune)
             registry_specs = [
                 (r.name, _registry_spec(r, old_registries.get(r.name), f"registries[{i}]"))
@@ -173,6 +197,9 @@ class Store:
             if prune:
                 _prune(session, old_policies, {p.name for p in config.policies}, "policy", report)
                 _prune(session, old_registries, {r.name for r in config.registries}, "registry", report)
+            session.flush()
+            _number(session, RegistryRow)
+            _number(session, PolicyRow)
         return report
 
     # -------------------------------------------------------------------------------- reads
@@ -225,6 +252,26 @@ class Store:
     @staticmethod
     def public_view(item: Registry | Policy) -> dict[str, Any]:
         return public_view(item)
+
+    def api_ids(self, kind: Kind) -> dict[str, int]:
+        """The API id of every stored registry (or policy), by name. Rows stored before ids
+        existed get theirs here, oldest first, under the change lock like any other change."""
+        table: type[RegistryRow] | type[PolicyRow] = RegistryRow if kind == "registry" else PolicyRow
+        with self._transaction() as session:
+            ids = _ids_of(session, table)
+            stored = session.exec(select(func.count()).select_from(table)).one()
+        if len(ids) == stored:
+            return ids
+        with self._changing() as session:
+            _number(session, table)
+            return _ids_of(session, table)
+
+    def timestamps(self, kind: Kind) -> dict[str, tuple[datetime, datetime]]:
+        """When each registry (or policy) was created and last changed, by name."""
+        table: type[RegistryRow] | type[PolicyRow] = RegistryRow if kind == "registry" else PolicyRow
+        with self._transaction() as session:
+            return {row.name: (_aware(row.created_at), _aware(row.updated_at))
+                    for row in session.exec(select(table))}
 
     # ------------------------------------------------------------------ deletes and switches
     def delete_policy(self, name: str) -> None:
@@ -407,6 +454,39 @@ def _check_type(registry: Registry, where: str) -> None:
         raise ConfigError(_bare(exc), field=f"{where}.{exc.field}") from None
 
 
+def _check_new(config: Config, old_registries: dict[str, RegistryRow],
+               old_policies: dict[str, PolicyRow]) -> None:
+    for i, registry in enumerate(config.registries):
+        if registry.name in old_registries:
+            raise NameTaken(f"a registry named {registry.name!r} already exists",
+                            field=f"registries[{i}].name")
+    for i, policy in enumerate(config.policies):
+        if policy.name in old_policies:
+            raise NameTaken(f"a policy named {policy.name!r} already exists", field=f"policies[{i}].name")
+
+
+def _ids_of(session: Session, table: type[RegistryRow] | type[PolicyRow]) -> dict[str, int]:
+    """API ids of the rows of ``table`` that exist now (kept ids of deleted names left out)."""
+    query = select(ApiIdRow.name, ApiIdRow.id).join(table, table.name == ApiIdRow.name).where(  # type: ignore[arg-type]
+        ApiIdRow.kind == _kind(table))
+    return {name: number for name, number in session.exec(query).all()}
+
+
+def _number(session: Session, table: type[RegistryRow] | type[PolicyRow]) -> None:
+    """Give every row of ``table`` without an API id the next free one, oldest row first.
+    Runs inside a change (the lock held), so two processes never hand out the same id."""
+    kind = _kind(table)
+    known = set(session.exec(select(ApiIdRow.name).where(ApiIdRow.kind == kind)).all())
+    oldest_first = select(table).order_by(table.created_at, table.name)  # type: ignore[arg-type]
+    missing = [row for row in session.exec(oldest_first)
+               if row.name not in known]
+    if not missing:
+        return
+    top = session.exec(select(func.max(ApiIdRow.id)).where(ApiIdRow.kind == kind)).one()
+    for offset, row in enumerate(missing, start=1):
+        session.add(ApiIdRow(kind=kind, name=row.name, id=(top or 0) + offset))
+
+
 def _check_policies(config: Config, old_registries: dict[str, RegistryRow], prune: bool) -> None:
     """Every policy names registries that will exist, and its literal targets fit the path rule."""
     types = {r.name: r.type for r in config.registries}
@@ -509,7 +589,7 @@ def _ordered(session: Session, table: type[RowT]) -> Sequence[RowT]:
     return session.exec(select(table).order_by(table.name)).all()
 
 
-def _kind(table: type[_Row]) -> str:
+def _kind(table: type[_Row]) -> Kind:
     return "registry" if table is RegistryRow else "policy"
 
 

@@ -278,12 +278,16 @@ def _problem_count(report: Any) -> str:
 
 @app.command()
 def serve(
-    webhook_host: Annotated[str, typer.Option(help="address the webhook receiver binds")] = "127.0.0.1",
-    webhook_port: Annotated[int, typer.Option(help="port of the webhook receiver")] = 8787,
+    http_host: Annotated[str, typer.Option("--http-host", "--webhook-host",
+                                           help="address the HTTP listener binds (webhooks, /metrics, "
+                                           "Harbor's API)")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port", "--webhook-port",
+                                           help="port of the HTTP listener")] = 8787,
     prefect_port: Annotated[int, typer.Option(help="port of the local Prefect server, if serve "
                                               "starts it")] = 4200,
 ) -> None:
-    """Serve every policy: deployments kept current, a worker running them, webhooks received.
+    """Serve every policy: deployments kept current, a worker running them, webhooks received,
+    and Harbor's replication API under /api/v2.0 when REGFLOW_ADMIN_PASSWORD is set.
 
     Uses PREFECT_API_URL when set; otherwise regflow's local Prefect server (SQLite under
     REGFLOW_HOME, bound to 127.0.0.1, the one CLI calls use), started if none runs and kept
@@ -309,7 +313,7 @@ def serve(
         err.print(f"Prefect UI: {url} (log in with the contents of "
                   f"{embedded.prefect_home() / AUTH_FILE})", highlight=False)
     from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
-    asyncio.run(Service(webhook_host, webhook_port).run())
+    asyncio.run(Service(http_host, http_port).run())
 
 
 @app.callback()

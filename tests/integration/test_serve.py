@@ -73,7 +73,7 @@ def serve(prefect_server: PrefectServer, make_registry, tmp_path: Path) -> Itera
     cli = [sys.executable, "-m", "regflow_cli.main"]
     subprocess.run([*cli, "apply", "-f", str(config)], env=env, check=True, capture_output=True)
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([*cli, "serve", "--webhook-port", str(port)], env=env, stdout=log,
+    proc = subprocess.Popen([*cli, "serve", "--http-port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield src, dst, port, prefect_server, (config, env)
