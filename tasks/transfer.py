@@ -15,18 +15,10 @@ from collections.abc import Awaitable, Iterable
 from adapters.distribution.client import DistributionClient
 from adapters.errors import CancelledReplication, ContentError, RegistryError, ReplicationError, is_transient
 from adapters.oci import Descriptor, Manifest, is_foreign_layer
-from adapters.oci.platform import matches_any, parse_platforms
+from adapters.oci.platform import parse_platforms
 from tasks.blobs import BlobCopier
 from tasks.models import TagOutcome, TagPlan, TransferResult, TransferSpec
-from tasks.platforms import (
-    MANIFEST_BLOB_UNKNOWN,
-    Selection,
-    image_platform,
-    no_match_reason,
-    other_platform_reason,
-    select,
-    sparse_index_refused,
-)
+from tasks.platforms import MANIFEST_BLOB_UNKNOWN, Selection, choose, sparse_index_refused
 from tasks.referrers import list_on_target, push_order, subject_missing
 
 # An index whose children are indexes again is legal; a loop of them is not. Real images nest
@@ -154,18 +146,12 @@ class _RepositoryCopy:
     async def _chosen(self, manifest: Manifest) -> Selection | str | None:
         """The selection of an index for the policy's platforms, None for an image of one of
         them (or of none: an artifact), or why the tag stays behind."""
-        if manifest.is_index:
-            selection = await select(manifest, self.platforms, self.spec.platform_index,
-                                     lambda d: self.source.get_manifest(self.src_repo, d))
-            if selection.nothing_chosen:
-                return no_match_reason(self.platforms, selection)
-            if self._sparse_refused and not selection.rewritten and _sparse(selection):
-                raise sparse_index_refused()
-            return selection
-        found = await image_platform(self.source, self.src_repo, manifest)
-        if found is not None and not matches_any(self.platforms, found):
-            return other_platform_reason(self.platforms, found)
-        return None
+        chosen = await choose(self.source, self.src_repo, manifest, self.platforms, self.spec.platform_index,
+                              lambda d: self.source.get_manifest(self.src_repo, d))
+        if (isinstance(chosen, Selection) and self._sparse_refused and not chosen.rewritten
+                and _sparse(chosen)):
+            raise sparse_index_refused()  # the target refused one such index already
+        return chosen
 
     def _narrowed(self, selection: Selection | None) -> str:
         """The copied outcome's reason when the tag's index travelled in part."""
