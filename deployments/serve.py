@@ -32,6 +32,7 @@ from adapters.oci import Digest
 from deployments.coalesce import COALESCE_WINDOW_SECONDS, Coalescer
 from deployments.events import RegistryEvent
 from deployments.harbor_api import ADMIN_PASSWORD_ENV, API_PREFIX, admin_password, create_harbor_api
+from deployments.harbor_api.runs import PrefectRuns
 from deployments.matching import matching_policies
 from deployments.metrics import MetricsCollector, PolicyState
 from deployments.processes import Worker
@@ -135,7 +136,8 @@ class Service:
         """The listener's app: webhooks, /metrics, and Harbor's API when there is a password."""
         routes: list[BaseRoute] = [metrics_route(self.metrics, token)]
         if password is not None:
-            routes.append(create_harbor_api(self.store, password, on_change=self._store_changed.set))
+            routes.append(create_harbor_api(self.store, password, on_change=self._store_changed.set,
+                                            runs=PrefectRuns()))
         return create_receiver(self.source, self.submit, routes=routes)
 
     async def run(self) -> None:

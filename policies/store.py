@@ -48,6 +48,8 @@ SQLITE_WAIT_SECONDS: Final = 30.0
 # The PostgreSQL advisory lock that serializes changes to registries and policies: any fixed
 # number no other user of the database takes (these are the bytes of "regflow!").
 CHANGE_LOCK_KEY: Final = 0x7265_6766_6C6F_7721
+# Keys looked up per query for run ids: SQLite allows 999 bound parameters in older builds.
+RUN_ID_CHUNK: Final = 500
 
 
 class _Table(SQLModel, registry=mapper_registry()):
@@ -87,6 +89,19 @@ class ApiIdRow(_Table, table=True):
     kind: str = sqlmodel.Field(primary_key=True, max_length=16)
     name: str = sqlmodel.Field(primary_key=True, max_length=63)
     id: int = sqlmodel.Field(sa_type=BigInteger)
+
+
+class RunIdRow(_Table, table=True):
+    """The integer id Harbor's API shows for an execution (a Prefect flow run, keyed by its UUID)
+    or for one of its tasks (keyed ``<flow run UUID>/<source repository>``).
+
+    Given when the API first shows the run or task and kept: Prefect's retention may prune the
+    run later (its id then answers 404), but the id never names anything else.
+    """
+
+    __tablename__ = "api_run_ids"
+    key: str = sqlmodel.Field(sa_type=Text, primary_key=True)
+    id: int = sqlmodel.Field(sa_type=BigInteger, unique=True)
 
 
 class NameTaken(ConfigError):
@@ -265,6 +280,27 @@ class Store:
         with self._changing() as session:
             _number(session, table)
             return _ids_of(session, table)
+
+    def run_ids(self, keys: Sequence[str]) -> dict[str, int]:
+        """The API id of each execution or task key, giving the missing ones the next free ids in
+        the order given (under the change lock, so two processes never hand out the same id)."""
+        wanted = list(dict.fromkeys(keys))
+        with self._transaction() as session:
+            known = _run_ids_of(session, wanted)
+        if len(known) == len(wanted):
+            return known
+        with self._changing() as session:
+            known = _run_ids_of(session, wanted)
+            top = session.exec(select(func.max(RunIdRow.id))).one() or 0
+            for offset, key in enumerate((k for k in wanted if k not in known), start=1):
+                session.add(RunIdRow(key=key, id=top + offset))
+                known[key] = top + offset
+        return known
+
+    def run_key(self, number: int) -> str | None:
+        """The execution or task key an API id was given to; None for an id never given."""
+        with self._transaction() as session:
+            return session.exec(select(RunIdRow.key).where(RunIdRow.id == number)).first()
 
     def timestamps(self, kind: Kind) -> dict[str, tuple[datetime, datetime]]:
         """When each registry (or policy) was created and last changed, by name."""
@@ -470,6 +506,15 @@ def _ids_of(session: Session, table: type[RegistryRow] | type[PolicyRow]) -> dic
     query = select(ApiIdRow.name, ApiIdRow.id).join(table, table.name == ApiIdRow.name).where(  # type: ignore[arg-type]
         ApiIdRow.kind == _kind(table))
     return {name: number for name, number in session.exec(query).all()}
+
+
+def _run_ids_of(session: Session, keys: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), RUN_ID_CHUNK):
+        chunk = keys[start:start + RUN_ID_CHUNK]
+        query = select(RunIdRow.key, RunIdRow.id).where(RunIdRow.key.in_(chunk))  # type: ignore[attr-defined]
+        found.update({key: number for key, number in session.exec(query).all()})
+    return found
 
 
 def _number(session: Session, table: type[RegistryRow] | type[PolicyRow]) -> None:

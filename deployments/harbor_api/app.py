@@ -1,5 +1,5 @@
-"""The routes of Harbor's replication API under ``/api/v2.0``: system, registries, adapters and
-policies (executions are not served yet: they answer 501).
+"""The routes of Harbor's replication API under ``/api/v2.0``: system, registries, adapters,
+policies, and executions with their tasks and logs (Prefect runs, through deployments/harbor_api/runs.py).
 
 Handlers run the store's (blocking) calls in worker threads, so a change waiting for the store's
 lock never stalls serve's webhooks or metrics. Every answer carries ``X-Request-Id`` (the
@@ -37,6 +37,7 @@ from deployments.harbor_api.convert import (
     updated_registry_spec,
 )
 from deployments.harbor_api.errors import HarborError, api_message, bad_request, error_response
+from deployments.harbor_api.executions import execution_out, execution_status, task_key, task_out
 from deployments.harbor_api.models import (
     SECRET_MASK,
     FilterStyle,
@@ -46,8 +47,10 @@ from deployments.harbor_api.models import (
     RegistryOut,
     RegistryPing,
     RegistryUpdate,
+    StartExecution,
 )
 from deployments.harbor_api.paging import paginate
+from deployments.harbor_api.runs import PrefectRuns, Runs, RunView
 from policies.models import Config, Registry, parse_config
 from policies.store import Kind, NameTaken, Store
 
@@ -62,6 +65,10 @@ HARBOR_VERSION_PREFIX: Final = "v2.0.0-regflow."
 REGISTRY_KEYS: Final = ("name", "type", "url", "description")
 POLICY_KEYS: Final = ("name", "description", "enabled")
 SORT_KEYS: Final = ("id", "name", "creation_time", "update_time")
+EXECUTION_KEYS: Final = ("policy_id", "status", "trigger")
+EXECUTION_SORT_KEYS: Final = ("id", "policy_id", "status", "trigger", "start_time", "end_time")
+TASK_KEYS: Final = ("status", "resource_type", "operation", "src_resource", "dst_resource")
+TASK_SORT_KEYS: Final = ("id", "status", "src_resource", "dst_resource", "start_time", "end_time")
 # Harbor's filter styles: a text input, a list of labels, one resource type out of several.
 _FILTER_STYLES: Final = {"name": "input", "tag": "input", "label": "list", "resource": "radio"}
 
@@ -116,12 +123,19 @@ async def _body(request: Request, model: type[ModelT]) -> ModelT:
         raise HarborError(400, "; ".join(problems)) from None
 
 
-def _id(request: Request, kind: str) -> int:
-    text = request.path_params["id"]
+def _id(request: Request, kind: str, param: str = "id") -> int:
+    text = request.path_params[param]
     try:
         return int(text)
     except ValueError:
         raise HarborError(404, f"{kind} {text} not found") from None
+
+
+def _whole(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise HarborError(400, f"{name}: {text!r} is not a whole number") from None
 
 
 def _config(**items: list[dict[str, Any]]) -> Config:
@@ -133,11 +147,13 @@ def _config(**items: list[dict[str, Any]]) -> Config:
 
 class HarborApi:
     """The handlers, over one store. ``on_change`` is called after every change (serve syncs
-    its deployments at once instead of at its next poll); ``health`` checks a registry."""
+    its deployments at once instead of at its next poll); ``health`` checks a registry; ``runs``
+    reads, starts and stops executions."""
 
     def __init__(self, store: Store, password: SecretStr, *, health: HealthCheck = adapter_health,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None, runs: Runs | None = None) -> None:
         self.store = store
+        self.runs: Runs = runs if runs is not None else PrefectRuns()
         self.password = password
         self.health = health
         self.on_change = on_change
@@ -377,16 +393,102 @@ class HarborApi:
 
     async def delete_policy(self, request: Request) -> Response:
         number = _id(request, "replication policy")
+        name = await run_in_threadpool(self._policy_name, number)
+        # Harbor's rule: a policy is not deleted under a running execution (which would go on
+        # copying with no policy to show for it). Checked, not locked: a run started between
+        # this check and the delete runs to its end, as one started by a schedule does.
+        if any(execution_status(r) == "InProgress" for r in await self.runs.list(name)):
+            raise HarborError(412, f"policy {name!r} has an execution in progress: stop it first")
 
         def delete() -> Response:
-            self.store.delete_policy(self._policy_name(number))
+            self.store.delete_policy(name)
             return _done()
 
         return await self._change(delete)
 
-    async def not_served(self, request: Request) -> Response:
-        raise HarborError(501, f"{request.method} {request.url.path} is not served by regflow yet "
-                               "(see docs/harbor-api.md)")
+    # --------------------------------------------------------------------------- executions
+    async def list_executions(self, request: Request) -> Response:
+        params = request.query_params
+        wanted = {k: params[k] for k in EXECUTION_KEYS if params.get(k)}
+        policy = None
+        if "policy_id" in wanted:
+            number = _whole(wanted.pop("policy_id"), "policy_id")
+            names = {n: name for name, n in (await run_in_threadpool(self.store.api_ids, "policy")).items()}
+            if number not in names:
+                return JSONResponse([], headers={"X-Total-Count": "0"})
+            policy = names[number]
+        runs = await self.runs.list(policy)
+
+        def views() -> list[dict[str, Any]]:
+            policy_ids = self.store.api_ids("policy")
+            # Oldest first: ids given now follow the order the runs started in.
+            ids = self.store.run_ids([r.id for r in reversed(runs)])
+            return [execution_out(r, ids[r.id], policy_ids.get(r.policy)).model_dump(
+                        mode="json", exclude_none=True) for r in runs]
+
+        items = [item for item in await run_in_threadpool(views)
+                 if all(str(item.get(k)) == v for k, v in wanted.items())]
+        page = paginate(items, params, request.url.path, query_keys=EXECUTION_KEYS,
+                        sort_keys=EXECUTION_SORT_KEYS, default_sort="-id")
+        return JSONResponse(page.items, headers=page.headers)
+
+    async def _execution(self, number: int) -> tuple[RunView, int | None]:
+        key = await run_in_threadpool(self.store.run_key, number)
+        run = await self.runs.get(key) if key is not None and "/" not in key else None
+        if run is None:
+            raise HarborError(404, f"replication execution {number} not found")
+        return run, (await run_in_threadpool(self.store.api_ids, "policy")).get(run.policy)
+
+    async def get_execution(self, request: Request) -> Response:
+        number = _id(request, "replication execution")
+        run, policy_id = await self._execution(number)
+        return JSONResponse(execution_out(run, number, policy_id).model_dump(mode="json", exclude_none=True))
+
+    async def start_execution(self, request: Request) -> Response:
+        body = await _body(request, StartExecution)
+        if body.policy_id is None:
+            raise HarborError(400, "policy_id: the policy to run is required")
+        policy_id = body.policy_id
+
+        def policy() -> str:
+            name = self._policy_name(policy_id)
+            if not self.store.policy(name).enabled:
+                raise HarborError(400, f"policy {name!r} is disabled: enable it to run it")
+            return name
+
+        run_id = await self.runs.start(await run_in_threadpool(policy))
+        number = (await run_in_threadpool(self.store.run_ids, [run_id]))[run_id]
+        return _done(201, {"Location": f"{API_PREFIX}/replication/executions/{number}"})
+
+    async def stop_execution(self, request: Request) -> Response:
+        run, _ = await self._execution(_id(request, "replication execution"))
+        await self.runs.stop(run.id)
+        return _done()
+
+    async def list_tasks(self, request: Request) -> Response:
+        number = _id(request, "replication execution")
+        run, _ = await self._execution(number)
+        ids = await run_in_threadpool(self.store.run_ids, [task_key(run.id, t.repository) for t in run.tasks])
+        items = [task_out(t, ids[task_key(run.id, t.repository)], number, run).model_dump(
+                     mode="json", exclude_none=True) for t in run.tasks]
+        params = request.query_params
+        wanted = {k: params[k] for k in ("status", "resource_type") if params.get(k)}
+        items = [item for item in items if all(str(item.get(k)) == v for k, v in wanted.items())]
+        page = paginate(items, params, request.url.path, query_keys=TASK_KEYS, sort_keys=TASK_SORT_KEYS)
+        return JSONResponse(page.items, headers=page.headers)
+
+    async def task_log(self, request: Request) -> Response:
+        number = _id(request, "replication execution")
+        task = _id(request, "replication task", "task_id")
+        run, _ = await self._execution(number)
+        key = await run_in_threadpool(self.store.run_key, task)
+        prefix = task_key(run.id, "")
+        text = None
+        if key is not None and key.startswith(prefix):
+            text = await self.runs.log(run.id, key[len(prefix):])
+        if text is None:
+            raise HarborError(404, f"task {task} of replication execution {number} not found")
+        return PlainTextResponse(text)
 
     # ------------------------------------------------------------------------------ plumbing
     async def _change(self, job: Callable[[], Response]) -> Response:
@@ -431,10 +533,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_harbor_api(store: Store, password: SecretStr, *, health: HealthCheck = adapter_health,
-                      on_change: Callable[[], None] = lambda: None) -> Mount:
+                      on_change: Callable[[], None] = lambda: None, runs: Runs | None = None) -> Mount:
     """The API at API_PREFIX, to serve beside other routes (serve's webhooks and /metrics); its
-    own app, so that its unknown paths and methods answer in Harbor's error shape."""
-    api = HarborApi(store, password, health=health, on_change=on_change)
+    own app, so that its unknown paths and methods answer in Harbor's error shape. Executions
+    go to ``runs`` (Prefect's, flows/history.py and flows/control.py, unless given)."""
+    api = HarborApi(store, password, health=health, on_change=on_change, runs=runs)
 
     def route(path: str, handler: Handler, methods: list[str], *, public: bool = False) -> Route:
         return Route(path, _guard(handler, api, public=public), methods=methods)
@@ -459,8 +562,12 @@ def create_harbor_api(store: Store, password: SecretStr, *, health: HealthCheck 
             route("/replication/policies/{id}", api.get_policy, ["GET"]),
             route("/replication/policies/{id}", api.update_policy, ["PUT"]),
             route("/replication/policies/{id}", api.delete_policy, ["DELETE"]),
-            route(executions, api.not_served, ["GET", "POST"]),
-            route(executions + "/{rest:path}", api.not_served, ["GET", "PUT"]),
+            route(executions, api.list_executions, ["GET"]),
+            route(executions, api.start_execution, ["POST"]),
+            route(executions + "/{id}", api.get_execution, ["GET"]),
+            route(executions + "/{id}", api.stop_execution, ["PUT"]),
+            route(executions + "/{id}/tasks", api.list_tasks, ["GET"]),
+            route(executions + "/{id}/tasks/{task_id}/log", api.task_log, ["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _http_error},
     ))

@@ -1,5 +1,5 @@
 """Harbor's JSON shapes (swagger definitions ``Registry``, ``RegistryUpdate``, ``RegistryPing``,
-``ReplicationPolicy`` and their parts), as pydantic models.
+``ReplicationPolicy``, ``ReplicationExecution``, ``ReplicationTask`` and their parts), as pydantic models.
 
 Request models take what Harbor clients send and ignore fields Harbor adds that mean nothing
 here; regflow's own policy fields ride along as extras (``Policy`` validates them). Response
@@ -181,6 +181,44 @@ class RegistryInfo(_Out):
     supported_resource_filters: list[FilterStyle]
     supported_triggers: list[str]
     supported_copy_by_chunk: bool
+
+
+class StartExecution(_In):
+    """``POST /replication/executions`` (``StartReplicationExecution``)."""
+
+    policy_id: int | None = None
+
+
+class ExecutionOut(_Out):
+    """``ReplicationExecution``: status, status_text and the counts are always sent."""
+
+    id: int
+    policy_id: int | None = None
+    status: str
+    status_text: str
+    trigger: str
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    total: int
+    failed: int
+    succeed: int
+    in_progress: int
+    stopped: int
+
+
+class TaskOut(_Out):
+    """``ReplicationTask``: one source repository of an execution."""
+
+    id: int
+    execution_id: int
+    status: str
+    job_id: str
+    operation: str
+    resource_type: str
+    src_resource: str
+    dst_resource: str
+    start_time: datetime | None = None
+    end_time: datetime | None = None
 
 
 class ErrorItem(BaseModel):

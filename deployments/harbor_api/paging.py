@@ -76,8 +76,9 @@ def _sorted(items: list[dict[str, Any]], sort: str, keys: Sequence[str]) -> list
 
 
 def paginate(items: list[dict[str, Any]], params: QueryParams, path: str, *,
-             query_keys: Sequence[str], sort_keys: Sequence[str]) -> Page:
-    """Filter, sort and cut ``items`` (sorted by id unless ``sort`` says otherwise)."""
+             query_keys: Sequence[str], sort_keys: Sequence[str], default_sort: str = "") -> Page:
+    """Filter, sort and cut ``items`` (sorted by ``default_sort``, else by id, unless ``sort``
+    says otherwise)."""
     page = max(_number(params, "page", 1), 1)
     size = _number(params, "page_size", DEFAULT_PAGE_SIZE)
     if size > MAX_PAGE_SIZE:
@@ -88,7 +89,8 @@ def paginate(items: list[dict[str, Any]], params: QueryParams, path: str, *,
     if params.get("name"):
         terms.append(("name", params["name"], True))
     chosen = [item for item in items if _matches(item, terms)]
-    chosen = _sorted(sorted(chosen, key=lambda item: item["id"]), params.get("sort", ""), sort_keys)
+    chosen = _sorted(sorted(chosen, key=lambda item: item["id"]), params.get("sort") or default_sort,
+                     sort_keys)
     total = len(chosen)
     headers = {"X-Total-Count": str(total)}
     links = []

@@ -7,11 +7,12 @@ CI. The longer budget::
 
     REGFLOW_CONTRACT_EXAMPLES=200 uv run --frozen pytest -q tests/integration/test_harbor_api_contract.py
 
-Two seams, each said where it is: ``POST /registries/ping`` gets a health check that never
+Three seams, each said where it is: ``POST /registries/ping`` gets a health check that never
 leaves the process (generated URLs name arbitrary hosts; the real check is covered in
-tests/unit/test_harbor_api.py against real registries), and generated ``q``/``sort`` values
-that are not regflow's query syntax are dropped (Harbor, like regflow, answers those 400,
-which its document does not list for the list operations).
+tests/unit/test_harbor_api.py against real registries); executions go to an in-memory fake of
+the API's Prefect boundary (tests/support/fake_runs.py), seeded with a run of each policy; and
+generated ``q``/``sort`` values that are not regflow's query syntax are dropped (Harbor, like
+regflow, answers those 400, which its document does not list for the list operations).
 """
 
 from __future__ import annotations
@@ -38,10 +39,22 @@ from starlette.applications import Starlette
 from adapters.base import Health
 from adapters.endpoint import Endpoint
 from deployments.harbor_api import create_harbor_api
+from deployments.harbor_api.app import (
+    EXECUTION_KEYS,
+    EXECUTION_SORT_KEYS,
+    POLICY_KEYS,
+    REGISTRY_KEYS,
+    SORT_KEYS,
+    TASK_KEYS,
+    TASK_SORT_KEYS,
+)
 from deployments.harbor_api.errors import HarborError
+from deployments.harbor_api.executions import task_key
 from deployments.harbor_api.paging import parse_query
+from deployments.harbor_api.runs import TaskView
 from policies.models import parse_config
 from policies.store import Store
+from tests.support.fake_runs import FakeRuns
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +68,11 @@ SERVED: Final = (
     "getRegistryInfo", "listRegistryProviderTypes", "listRegistryProviderInfos",
     "listReplicationPolicies", "createReplicationPolicy", "getReplicationPolicy",
     "updateReplicationPolicy", "deleteReplicationPolicy",
+    "listReplicationExecutions", "startReplication", "getReplicationExecution", "stopReplication",
+    "listReplicationTasks", "getReplicationLog",
 )
+# For each seeded execution id (1-3), the id of its one task: a log's path names both.
+TASK_OF: dict[int, int] = {}
 
 
 @schemathesis.check
@@ -98,8 +115,27 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="module")
-def app(store: Store) -> Starlette:
-    return Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), health=offline_health)])
+def runs(store: Store) -> FakeRuns:
+    """A run of each seeded policy with one task and its log, given execution ids 1-3."""
+    fake = FakeRuns()
+    seeded = [fake.add(policy, state, [TaskView(repository="library/a", target="p/library/a", state=state,
+                                                status="Succeeded" if state == "Completed" else "")],
+                       start=f"2026-12-01T1{hour}:00:00+00:00", end=None if state == "Running" else
+                       f"2026-12-01T1{hour}:05:00+00:00")
+              for hour, (policy, state) in enumerate((("p-one", "Completed"), ("p-two", "Failed"),
+                                                      ("p-three", "Running")))]
+    ids = store.run_ids([r.id for r in seeded])
+    tasks = store.run_ids([task_key(r.id, "library/a") for r in seeded])
+    for run in seeded:
+        fake.logs[(run.id, "library/a")] = "copied library/a\n"
+        TASK_OF[ids[run.id]] = tasks[task_key(run.id, "library/a")]
+    assert sorted(TASK_OF) == [1, 2, 3]
+    return fake
+
+
+@pytest.fixture(scope="module")
+def app(store: Store, runs: FakeRuns) -> Starlette:
+    return Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), health=offline_health, runs=runs)])
 
 
 schema = schemathesis.openapi.from_path(SWAGGER).include(operation_id=list(SERVED))
@@ -115,14 +151,21 @@ def regflow_case(case: Any) -> None:
     here, not in hooks: schemathesis's coverage phase builds boundary cases without them)."""
     if case.path_parameters and "id" in case.path_parameters:
         case.path_parameters["id"] = abs(int(case.path_parameters["id"])) % 3 + 1
+        if "task_id" in case.path_parameters:
+            case.path_parameters["task_id"] = TASK_OF[case.path_parameters["id"]]
+    if isinstance(case.body, dict) and "policy_id" in case.body:
+        case.body["policy_id"] = abs(int(case.body["policy_id"])) % 3 + 1
+    query_keys, sort_keys = (((*REGISTRY_KEYS, *POLICY_KEYS), SORT_KEYS)
+                             if "/executions" not in case.path else
+                             (TASK_KEYS, TASK_SORT_KEYS) if case.path.endswith("/tasks") else
+                             (EXECUTION_KEYS, EXECUTION_SORT_KEYS))
     query = case.query or {}
     try:
-        parse_query(str(query.get("q", "")), ("name", "type", "url", "description", "enabled"))
+        parse_query(str(query.get("q", "")), query_keys)
     except HarborError:
         query.pop("q")
     sort = str(query.get("sort", ""))
-    if any(f.strip().lstrip("-") not in ("id", "name", "creation_time", "update_time")
-           for f in sort.split(",") if f.strip()):
+    if any(f.strip().lstrip("-") not in sort_keys for f in sort.split(",") if f.strip()):
         query.pop("sort")
 
 
@@ -155,3 +198,27 @@ def test_creates_answer_as_documented(store: Store, app: Starlette) -> None:
         response = case.call_and_validate(headers=AUTH, checks=CHECKS, app=app)
         assert response.status_code == 201, response.text
         assert response.headers["location"][0].startswith(f"/api/v2.0{path}/"), response.headers
+
+
+def test_execution_answers_as_documented(store: Store, app: Starlette, runs: FakeRuns) -> None:
+    """The successful answers of the execution operations, each checked against the document
+    (generated cases may well reach them, but nothing says they must)."""
+    store.apply(parse_config(SEED))
+    before = len(runs.started)  # generated cases of the module's other tests started some
+    started = schema["/replication/executions"]["POST"].Case(
+        body={"policy_id": 1}, media_type="application/json").call_and_validate(
+        headers=AUTH, checks=CHECKS, app=app)
+    assert started.status_code == 201, started.text
+    assert started.headers["location"][0].startswith("/api/v2.0/replication/executions/")
+    cases = [(schema["/replication/executions"]["GET"].Case(query={"policy_id": 1}), 200),
+             (schema["/replication/executions/{id}"]["GET"].Case(path_parameters={"id": 2}), 200),
+             (schema["/replication/executions/{id}"]["PUT"].Case(path_parameters={"id": 3}), 200),
+             (schema["/replication/executions/{id}/tasks"]["GET"].Case(path_parameters={"id": 1}), 200),
+             (schema["/replication/executions/{id}/tasks/{task_id}/log"]["GET"].Case(
+                 path_parameters={"id": 1, "task_id": TASK_OF[1]}), 200),
+             (schema["/replication/executions/{id}"]["GET"].Case(path_parameters={"id": 999}), 404)]
+    for case, status in cases:
+        response = case.call_and_validate(headers=AUTH, checks=CHECKS, app=app)
+        assert response.status_code == status, (case.path, response.text)
+    assert runs.started[before:] == ["p-one"]
+    assert TASK_OF[1] != TASK_OF[2]

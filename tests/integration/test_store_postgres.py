@@ -111,7 +111,7 @@ class Postgres:
 
     def drop_tables(self) -> None:
         with psycopg.connect(host="127.0.0.1", port=self.port, user="regflow", dbname="postgres") as conn:
-            conn.execute("DROP TABLE IF EXISTS registries, policies, upload_sessions, api_ids")
+            conn.execute("DROP TABLE IF EXISTS registries, policies, upload_sessions, api_ids, api_run_ids")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

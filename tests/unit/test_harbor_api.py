@@ -1,6 +1,7 @@
 """Harbor's replication API (deployments/harbor_api) in process: httpx over ASGI against the app,
 a temporary SQLite store. Registry pings go to real loopback registries (that one test is marked
-integration); nothing needs Prefect."""
+integration); executions go to an in-memory fake of the API's Prefect boundary (tests/support/fake_runs.py),
+so nothing needs Prefect."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from deployments.harbor_api import API_PREFIX, admin_password, create_harbor_api
+from deployments.harbor_api.runs import TaskView
 from policies.store import Store
+from tests.support.fake_runs import FakeRuns
 from tests.support.registry import RegistryProcess
 
 PASSWORD = "Harbor12345-admin"
@@ -59,8 +62,13 @@ def changes() -> Changes:
 
 
 @pytest.fixture
-async def api(store: Store, changes: Changes) -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), on_change=changes)])
+def runs() -> FakeRuns:
+    return FakeRuns()
+
+
+@pytest.fixture
+async def api(store: Store, changes: Changes, runs: FakeRuns) -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), on_change=changes, runs=runs)])
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://regflow" + API_PREFIX,
                                  headers=ADMIN) as client:
@@ -383,9 +391,7 @@ def parse_config_data() -> Any:
                          "policies": [{"name": "p", "src_registry": "a", "dest_registry": "b"}]})
 
 
-async def test_not_served_operations_say_so(api: httpx.AsyncClient) -> None:
-    executions = await api.post("/replication/executions", json={"policy_id": 1})
-    assert executions.status_code == 501 and "not served" in errors_of(executions)
+async def test_unknown_operations_say_so(api: httpx.AsyncClient) -> None:
     unknown = await api.get("/projects")
     assert unknown.status_code == 404
     assert errors_of(unknown).endswith("not an operation of regflow's Harbor API")
@@ -437,7 +443,7 @@ async def test_harborapi_drives_registries_and_policies(store: Store) -> None:
         ReplicationTrigger,
     )
 
-    app = Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD))])
+    app = Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), runs=FakeRuns())])
     client = HarborAsyncClient(url="http://regflow" + API_PREFIX, username="admin", secret=PASSWORD)
     client.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
     try:
@@ -478,3 +484,212 @@ async def test_health_says_unhealthy_without_the_databases_words(api: httpx.Asyn
     answer = (await api.get("/health")).json()
     assert answer["status"] == "unhealthy" and answer["components"][0]["status"] == "unhealthy"
     assert "hunter2" not in json.dumps(answer)
+
+
+# ------------------------------------------------------------------------------- executions
+def task(repository: str, state: str = "Completed", status: str = "Succeeded") -> TaskView:
+    return TaskView(repository=repository, target=f"mirror/{repository}", state=state, status=status)
+
+
+async def stored_policies(api: httpx.AsyncClient) -> tuple[int, int]:
+    src, dst = await two_registries(api)
+    return (await create(api, "/replication/policies", policy_body(src, dst)),
+            await create(api, "/replication/policies", policy_body(src, dst, name="other")))
+
+
+async def test_executions_in_harbors_shape_and_words(api: httpx.AsyncClient, runs: FakeRuns) -> None:
+    mirror, other = await stored_policies(api)
+    done = runs.add("mirror", "Completed", [task("library/a"), task("library/b")], trigger="schedule",
+                    start="2026-12-01T10:00:00+00:00")
+    partly = runs.add("mirror", "Completed", [task("library/a"), task("library/b", status="Failed")],
+                      start="2026-12-01T11:00:00+00:00", message="1 of 2 repositories failed")
+    crashed = runs.add("other", "Crashed", [], trigger="event", start="2026-12-01T12:00:00+00:00")
+    stopped = runs.add("other", "Cancelled",
+                       [task("x", state="Cancelled"), task("y", state="Running", status="")],
+                       start="2026-12-01T13:00:00+00:00")
+    running = runs.add("mirror", "Running",
+                       [task("library/a"), task("library/b", state="Pending", status="")],
+                       start="2026-12-01T14:00:00+00:00", end=None)
+    listed = await api.get("/replication/executions")
+    assert listed.status_code == 200 and listed.headers["X-Total-Count"] == "5"
+    by_status = [(e["policy_id"], e["status"], e["trigger"]) for e in listed.json()]
+    assert by_status == [(mirror, "InProgress", "manual"), (other, "Stopped", "manual"),
+                         (other, "Failed", "event_based"), (mirror, "Failed", "manual"),
+                         (mirror, "Succeeded", "scheduled")]  # newest first, as Harbor lists
+    ids = [e["id"] for e in listed.json()]
+    assert ids == [5, 4, 3, 2, 1]  # given oldest first
+    first = (await api.get("/replication/executions/1")).json()
+    assert first == {"id": 1, "policy_id": mirror, "status": "Succeeded", "status_text": "",
+                     "trigger": "scheduled", "start_time": "2026-12-01T10:00:00Z",
+                     "end_time": "2026-12-01T10:01:00Z", "total": 2, "failed": 0, "succeed": 2,
+                     "in_progress": 0, "stopped": 0}
+    second = (await api.get("/replication/executions/2")).json()
+    assert (second["status_text"], second["failed"], second["succeed"]) == (
+        "1 of 2 repositories failed", 1, 1)
+    latest = (await api.get("/replication/executions/5")).json()
+    assert (latest["in_progress"], latest["succeed"], "end_time" in latest) == (1, 1, False)
+    assert (await api.get("/replication/executions/4")).json()["stopped"] == 1
+    # Ids stay with their runs, whatever is listed later or filtered.
+    runs.add("mirror", "Completed", [task("library/a")], start="2026-12-02T00:00:00+00:00")
+    again = {e["id"]: e["status"] for e in (await api.get("/replication/executions")).json()}
+    assert again == {6: "Succeeded", 5: "InProgress", 4: "Stopped", 3: "Failed", 2: "Failed", 1: "Succeeded"}
+    assert {done.id, partly.id, crashed.id, stopped.id, running.id} <= set(runs.runs)
+
+
+async def test_execution_filters_and_paging(api: httpx.AsyncClient, runs: FakeRuns) -> None:
+    mirror, other = await stored_policies(api)
+    for hour in range(5):
+        runs.add("mirror", "Completed", [task("a")], start=f"2026-12-01T1{hour}:00:00+00:00")
+    runs.add("other", "Failed", [], trigger="event", start="2026-12-01T16:00:00+00:00")
+
+    async def ids(**params: Any) -> list[int]:
+        answer = await api.get("/replication/executions", params=params)
+        assert answer.status_code == 200, answer.text
+        return [e["id"] for e in answer.json()]
+
+    assert await ids() == [6, 5, 4, 3, 2, 1]  # ids given at the first listing, oldest first
+    assert await ids(policy_id=other) == [6]
+    assert await ids(policy_id=mirror, status="Succeeded") == [5, 4, 3, 2, 1]
+    assert await ids(status="Failed") == [6]
+    assert await ids(trigger="event_based") == [6]
+    assert await ids(trigger="manual", status="Failed") == []
+    assert await ids(policy_id=999) == []
+    assert await ids(sort="id", page=2, page_size=2) == [3, 4]
+    page = await api.get("/replication/executions", params={"policy_id": mirror, "page": 1, "page_size": 2})
+    assert page.headers["X-Total-Count"] == "5" and 'rel="next"' in page.headers["Link"]
+    assert (await api.get("/replication/executions", params={"policy_id": "x"})).status_code == 400
+    assert (await api.get("/replication/executions", params={"sort": "name"})).status_code == 400
+
+
+async def test_start_and_stop_an_execution(api: httpx.AsyncClient, runs: FakeRuns) -> None:
+    mirror, other = await stored_policies(api)
+    started = await api.post("/replication/executions", json={"policy_id": mirror})
+    assert started.status_code == 201 and started.content == b""
+    number = int(started.headers["Location"].removeprefix(f"{API_PREFIX}/replication/executions/"))
+    assert runs.started == ["mirror"]
+    execution = (await api.get(f"/replication/executions/{number}")).json()
+    assert (execution["status"], execution["policy_id"], execution["trigger"]) == (
+        "InProgress", mirror, "manual")
+    stopped = await api.put(f"/replication/executions/{number}")
+    assert stopped.status_code == 200
+    assert (await api.get(f"/replication/executions/{number}")).json()["status"] == "Stopped"
+    assert len(runs.stopped) == 1
+
+    await api.put(f"/replication/policies/{other}", json={"enabled": False})
+    disabled = await api.post("/replication/executions", json={"policy_id": other})
+    assert disabled.status_code == 400 and "disabled" in errors_of(disabled)
+    missing = await api.post("/replication/executions", json={"policy_id": 99})
+    assert missing.status_code == 404 and errors_of(missing) == "replication policy 99 not found"
+    assert (await api.post("/replication/executions", json={})).status_code == 400
+    assert runs.started == ["mirror"]
+
+
+async def test_unknown_executions_and_tasks_are_404(api: httpx.AsyncClient, runs: FakeRuns,
+                                                    store: Store) -> None:
+    await stored_policies(api)
+    run = runs.add("mirror", "Completed", [task("library/a")])
+    for path in ("/replication/executions/7", "/replication/executions/x", "/replication/executions/7/tasks"):
+        answer = await api.get(path)
+        assert answer.status_code == 404, path
+        assert "not found" in errors_of(answer)
+    assert (await api.put("/replication/executions/7")).status_code == 404
+    (await api.get("/replication/executions")).raise_for_status()
+    tasks = (await api.get("/replication/executions/1/tasks")).json()
+    # A task's id is not an execution's; a pruned run (gone from Prefect) answers 404.
+    assert (await api.get(f"/replication/executions/{tasks[0]['id']}")).status_code == 404
+    assert (await api.get(f"/replication/executions/1/tasks/{tasks[0]['id']}/log")).status_code == 404
+    del runs.runs[run.id]
+    assert (await api.get("/replication/executions/1")).status_code == 404
+
+
+async def test_tasks_and_their_logs(api: httpx.AsyncClient, runs: FakeRuns) -> None:
+    await stored_policies(api)
+    run = runs.add("mirror", "Completed", [task("library/b", status="Failed"), task("library/a"),
+                                           task("library/c", state="Running", status="")])
+    other = runs.add("mirror", "Completed", [task("library/a")], start="2026-12-01T11:00:00+00:00")
+    runs.logs[(run.id, "library/a")] = "line one\nline two\n"
+    (await api.get("/replication/executions")).raise_for_status()
+    answer = await api.get("/replication/executions/1/tasks")
+    assert answer.status_code == 200 and answer.headers["X-Total-Count"] == "3"
+    tasks = answer.json()
+    assert [(t["src_resource"], t["dst_resource"], t["status"]) for t in tasks] == [
+        ("library/b", "mirror/library/b", "Error"), ("library/a", "mirror/library/a", "Success"),
+        ("library/c", "mirror/library/c", "Running")]
+    assert {(t["execution_id"], t["operation"], t["resource_type"], t["job_id"]) for t in tasks} == {
+        (1, "copy", "image", run.id)}
+    again = (await api.get("/replication/executions/1/tasks")).json()
+    assert [t["id"] for t in again] == [t["id"] for t in tasks]  # kept
+    failed = await api.get("/replication/executions/1/tasks", params={"status": "Error"})
+    assert [t["src_resource"] for t in failed.json()] == ["library/b"]
+    a = next(t["id"] for t in tasks if t["src_resource"] == "library/a")
+    log = await api.get(f"/replication/executions/1/tasks/{a}/log")
+    assert log.status_code == 200 and log.text == "line one\nline two\n"
+    assert log.headers["content-type"].startswith("text/plain")
+    other_tasks = (await api.get("/replication/executions/2/tasks")).json()
+    assert other.id and other_tasks[0]["id"] not in {t["id"] for t in tasks}
+    # A task of execution 2 is not read as one of execution 1.
+    assert (await api.get(f"/replication/executions/1/tasks/{other_tasks[0]['id']}/log")).status_code == 404
+    no_log = next(t["id"] for t in tasks if t["src_resource"] == "library/b")
+    assert (await api.get(f"/replication/executions/1/tasks/{no_log}/log")).status_code == 404
+
+
+async def test_executions_need_the_admin_password(api: httpx.AsyncClient, runs: FakeRuns) -> None:
+    mirror, _ = await stored_policies(api)
+    runs.add("mirror", "Completed", [task("a")])
+    (await api.get("/replication/executions")).raise_for_status()
+    wrong = basic("admin", "wrong")
+    for method, path, body in (("GET", "/replication/executions", None),
+                               ("POST", "/replication/executions", {"policy_id": mirror}),
+                               ("GET", "/replication/executions/1", None),
+                               ("PUT", "/replication/executions/1", None),
+                               ("GET", "/replication/executions/1/tasks", None),
+                               ("GET", "/replication/executions/1/tasks/2/log", None)):
+        answer = await api.request(method, path, json=body, headers=wrong)
+        assert answer.status_code == 401, (method, path)
+    assert runs.started == [] and runs.stopped == []
+
+
+async def test_a_policy_with_an_execution_in_progress_is_not_deleted(api: httpx.AsyncClient,
+                                                                    runs: FakeRuns) -> None:
+    mirror, other = await stored_policies(api)
+    running = runs.add("mirror", "Running", [task("a", state="Running", status="")], end=None)
+    runs.add("other", "Completed", [task("a")])
+    refused = await api.delete(f"/replication/policies/{mirror}")
+    assert refused.status_code == 412 and "in progress" in errors_of(refused)
+    assert (await api.get(f"/replication/policies/{mirror}")).status_code == 200
+    assert (await api.delete(f"/replication/policies/{other}")).status_code == 200
+    await runs.stop(running.id)
+    assert (await api.delete(f"/replication/policies/{mirror}")).status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute:DeprecationWarning")
+async def test_harborapi_starts_reads_and_stops_executions(store: Store) -> None:
+    """harborapi's execution calls over the same app, with the fake Prefect boundary: its models
+    parse executions and tasks, and its Location and log readers get what they expect."""
+    from harborapi import HarborAsyncClient
+    from harborapi.models import Registry, ReplicationPolicy, ReplicationTrigger
+
+    runs = FakeRuns()
+    app = Starlette(routes=[create_harbor_api(store, SecretStr(PASSWORD), runs=runs)])
+    client = HarborAsyncClient(url="http://regflow" + API_PREFIX, username="admin", secret=PASSWORD)
+    client.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+    try:
+        await client.create_registry(Registry(name="src", type="docker-registry", url="http://127.0.0.1:5001"))
+        await client.create_registry(Registry(name="dst", type="docker-registry", url="http://127.0.0.1:5002"))
+        await client.create_replication_policy(ReplicationPolicy(
+            name="mirror", src_registry=Registry(id=1), dest_registry=Registry(id=2),
+            trigger=ReplicationTrigger(type="manual"), enabled=True))
+        done = runs.add("mirror", "Completed", [task("library/a")])
+        runs.logs[(done.id, "library/a")] = "copied library/a:1\n"
+        location = await client.start_replication(1)
+        assert location == f"{API_PREFIX}/replication/executions/1"
+        executions = await client.get_replications(policy_id=1)
+        assert [(e.id, e.status, e.trigger) for e in executions] == [(2, "Succeeded", "manual"),
+                                                                     (1, "InProgress", "manual")]
+        await client.stop_replication(1)
+        assert (await client.get_replication(1)).status == "Stopped"
+        tasks = await client.get_replication_tasks(2)
+        assert [(t.src_resource, t.status, t.execution_id) for t in tasks] == [("library/a", "Success", 2)]
+        assert await client.get_replication_task_log(2, tasks[0].id) == "copied library/a:1\n"  # type: ignore[arg-type]
+    finally:
+        await client.client.aclose()
