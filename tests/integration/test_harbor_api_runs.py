@@ -27,13 +27,16 @@ from tests.support.prefect_server import PrefectServer
 pytestmark = pytest.mark.integration
 
 PASSWORD = "runs-Pa55word"
+# The Prefect server is the session's: other tests' runs of a policy named "all" are on it too,
+# and the API lists runs by policy name. A name of this test's own keeps its history to itself.
+POLICY = "harbor-api-real-runs"
 CONFIG = """\
 version: 1
 registries:
   - {{name: src, type: docker-registry, url: "{src}"}}
   - {{name: dst, type: docker-registry, url: "{dst}"}}
 policies:
-  - {{name: all, src_registry: src, dest_registry: dst, filters: [{{type: name, value: "app/**"}}]}}
+  - {{name: {policy}, src_registry: src, dest_registry: dst, filters: [{{type: name, value: "app/**"}}]}}
 """
 
 
@@ -49,10 +52,10 @@ async def test_a_real_execution_reads_back_in_harbors_shape(prefect_server: Pref
     make_corpus(src).push("app/a", ["1"], ImageKind.DOCKER)
     home = tmp_path / "home"
     config = tmp_path / "c.yaml"
-    config.write_text(CONFIG.format(src=src.url, dst=dst.url))
+    config.write_text(CONFIG.format(src=src.url, dst=dst.url, policy=POLICY))
     applied = regflow(prefect_server, home, "apply", "-f", str(config))
     assert applied.returncode == 0, applied.stderr
-    ran = regflow(prefect_server, home, "replicate", "all", "--json")
+    ran = regflow(prefect_server, home, "replicate", POLICY, "--json")
     assert ran.returncode == 0, ran.stderr
     flow_run_id = json.loads(ran.stdout)["flow_run_id"]
 
