@@ -30,12 +30,12 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from adapters.aws_sigv4 import canonical_request
 from adapters.base import AdapterInfo
 from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
-from adapters.cloud_api import call_signed
+from adapters.cloud_api import CloudAnswer, call_signed, parse_answer
 from adapters.distribution.auth import RegistryCredentials, parse_challenge
 from adapters.distribution.client import tls_verify
 from adapters.endpoint import Endpoint
@@ -124,8 +124,7 @@ def _error_of(data: Any) -> tuple[str, str] | None:
     return None
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+_Answer = CloudAnswer
 
 
 class _PersonalToken(_Answer):
@@ -339,7 +338,4 @@ class AliAcrAdapter(NativeAdapter):
 
 
 def _parse(model: type[ModelT], raw: Any, action: str) -> ModelT:
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        raise ContentError(f"ACR API {action}: unexpected answer") from None
+    return parse_answer(model, raw, f"ACR API {action}")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adapters.bounded import NON_BLOB_DEADLINE_SECONDS, read_capped, within
 from adapters.distribution.client import retry_after_seconds
@@ -80,3 +81,21 @@ async def call_signed(
     if meant is not None:
         raise meant(message, **kw)
     raise error_for_status(message, retry_after=wait, **kw)
+
+
+class CloudAnswer(BaseModel):
+    """A cloud API's JSON answer: extra fields ignored, and never echoed in a validation error
+    (token answers hold the registry password)."""
+
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
+
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
+
+
+def parse_answer(model: type[AnswerT], raw: Any, what: str) -> AnswerT:
+    """``raw`` read as ``model``; an answer of another shape is a ContentError naming ``what``."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        raise ContentError(f"{what}: unexpected answer") from None

@@ -23,11 +23,11 @@ from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from adapters.aws_sigv4 import canonical_request
 from adapters.base import AdapterInfo
-from adapters.cloud_api import call_signed
+from adapters.cloud_api import CloudAnswer, call_signed, parse_answer
 from adapters.distribution.auth import RegistryCredentials
 from adapters.endpoint import Endpoint
 from adapters.errors import (
@@ -112,8 +112,7 @@ def _error_of(data: Any) -> tuple[str, str] | None:
     return None
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+_Answer = CloudAnswer
 
 
 class _Token(_Answer):
@@ -286,7 +285,4 @@ class TcrAdapter(NativeAdapter):
 
 
 def _parse(model: type[ModelT], raw: Any, action: str) -> ModelT:
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        raise ContentError(f"TCR API {action}: unexpected answer") from None
+    return parse_answer(model, raw, f"TCR API {action}")

@@ -25,11 +25,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from adapters.aws_sigv4 import amz_date, canonical_request
 from adapters.base import AdapterInfo
-from adapters.cloud_api import call_signed
+from adapters.cloud_api import CloudAnswer, call_signed, parse_answer
 from adapters.distribution.auth import RegistryCredentials
 from adapters.endpoint import Endpoint
 from adapters.errors import (
@@ -119,8 +119,7 @@ def _error_of(data: Any) -> tuple[str, str] | None:
     return None
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+_Answer = CloudAnswer
 
 
 class _Token(_Answer):
@@ -237,7 +236,4 @@ class VolcengineAdapter(NativeAdapter):
 
 
 def _parse(model: type[ModelT], raw: Any, action: str) -> ModelT:
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        raise ContentError(f"Volcengine CR API {action}: unexpected answer") from None
+    return parse_answer(model, raw, f"Volcengine CR API {action}")
