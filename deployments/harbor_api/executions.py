@@ -12,9 +12,12 @@ from typing import Final
 from deployments.harbor_api.models import ExecutionOut, TaskOut
 from deployments.harbor_api.runs import RunView, TaskView
 
-# Prefect states of a run that has not ended (Late: due but not picked up; Paused: waiting).
-_UNDERWAY: Final = {"Scheduled", "Late", "Pending", "Running", "AwaitingRetry", "Retrying", "Paused",
-                    "AwaitingConcurrencySlot"}
+# Prefect states of a run that has not ended (Late: due but not picked up; Submitting: a worker
+# starting its process; Paused: waiting). A run whose record says it has not ended is underway
+# whatever its state's name: Prefect adds names (Submitting came with 3.x workers).
+_UNDERWAY: Final = {"Scheduled", "Late", "Pending", "Submitting", "Running", "AwaitingRetry", "Retrying",
+                    "Paused", "AwaitingConcurrencySlot"}
+_WAITING: Final = {"Scheduled", "Pending", "Submitting", "Late"}
 _STOPPED: Final = {"Cancelling", "Cancelled"}
 _FAILED: Final = {"Failed", "Crashed", "TimedOut"}
 # regflow's trigger words (flows/runtime.py) as Harbor's.
@@ -26,7 +29,7 @@ _TABLE_WORDS: Final = {"Succeeded": "Success", "Failed": "Error", "Stopped": "St
 
 def task_status(task: TaskView) -> str:
     if task.state in _UNDERWAY:
-        return "Pending" if task.state in ("Scheduled", "Pending", "Late") else "Running"
+        return "Pending" if task.state in _WAITING else "Running"
     if task.state in _STOPPED:
         return "Stopped"
     if task.state in _FAILED:
@@ -38,7 +41,7 @@ def task_status(task: TaskView) -> str:
 
 
 def execution_status(run: RunView) -> str:
-    if run.state in _UNDERWAY:
+    if run.state in _UNDERWAY or (run.ended is False and run.state not in _STOPPED):
         return "InProgress"
     if run.state in _STOPPED:
         return "Stopped"

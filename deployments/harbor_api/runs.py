@@ -37,6 +37,8 @@ class RunView(BaseModel):
     message: str = ""
     start_time: str | None = None
     end_time: str | None = None
+    # Whether the run's state is final (None: not known, the state's name decides).
+    ended: bool | None = None
     tasks: list[TaskView] = []
 
 
@@ -101,6 +103,6 @@ class PrefectRuns:
 def _view(record: ExecutionRecord) -> RunView:
     return RunView(id=record.id, policy=record.policy, trigger=record.trigger, state=record.state,
                    message=record.message, start_time=record.start_time, end_time=record.end_time,
-                   tasks=[TaskView(repository=t.name, target=str(t.row.get("target", "")), state=t.state,
+                   ended=record.ended, tasks=[TaskView(repository=t.name, target=str(t.row.get("target", "")), state=t.state,
                                    status=str(t.row.get("status", "")), message=t.message)
                           for t in record.tasks])

@@ -693,3 +693,17 @@ async def test_harborapi_starts_reads_and_stops_executions(store: Store) -> None
         assert await client.get_replication_task_log(2, tasks[0].id) == "copied library/a:1\n"  # type: ignore[arg-type]
     finally:
         await client.client.aclose()
+
+
+def test_a_run_that_has_not_ended_is_in_progress_whatever_prefect_calls_its_state():
+    from deployments.harbor_api.executions import execution_status
+    from deployments.harbor_api.runs import RunView
+
+    def run(state: str, ended: bool | None) -> RunView:
+        return RunView(id="r", policy="p", trigger="manual", state=state, ended=ended)
+
+    # Submitting: Prefect 3's worker starting the run's process, for a second or two.
+    assert execution_status(run("Submitting", None)) == "InProgress"
+    assert execution_status(run("SomeFutureName", False)) == "InProgress"
+    assert execution_status(run("Cancelling", False)) == "Stopped"
+    assert execution_status(run("Crashed", True)) == "Failed"
