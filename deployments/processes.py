@@ -13,6 +13,9 @@ class Worker(Supervised):
     """`prefect worker start` for regflow's process work pool, in a process group of its own
     that serve started and ends, by its PID."""
 
-    def __init__(self, pool: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, pool: str, env: dict[str, str], log_path: Path, limit: int | None = None) -> None:
+        # --limit: runs at once on this machine; without it the worker takes every scheduled run
+        # it sees, which keeps a spread execution's parts off the other machines.
+        extra = ["--limit", str(limit)] if limit else []
         super().__init__([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-                          "--type", "process"], env, log_path)
+                          "--type", "process", *extra], env, log_path)

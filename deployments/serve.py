@@ -38,9 +38,10 @@ from deployments.metrics import MetricsCollector, PolicyState
 from deployments.processes import Worker
 from deployments.receiver import WebhookSource, create_receiver
 from deployments.scrape import METRICS_PATH, metrics_route, metrics_token, token_origin
-from deployments.sync import WORK_POOL, spec_for, sync_deployments
+from deployments.sync import spec_for, sync_deployments
 from flows.liveness import ensure_automation, heartbeat_environment
 from flows.retention import prune_periodically
+from flows.spread import WORK_POOL
 from policies.home import regflow_home
 from policies.store import Store
 from tasks.discover import Resource
@@ -53,7 +54,8 @@ DEFAULT_HTTP_PORT = 8787
 
 
 class Service:
-    def __init__(self, http_host: str, http_port: int, sync_seconds: float = SYNC_SECONDS) -> None:
+    def __init__(self, http_host: str, http_port: int, sync_seconds: float = SYNC_SECONDS,
+                 worker_limit: int | None = None) -> None:
         self.http_host = http_host
         self.http_port = http_port
         self.sync_seconds = sync_seconds
@@ -61,7 +63,7 @@ class Service:
         self._fingerprint = ""
         self.store = Store()  # one engine for the service's life; every read sees new rows
         self.worker = Worker(WORK_POOL, dict(os.environ) | heartbeat_environment(),
-                             regflow_home() / "logs" / "worker.log")
+                             regflow_home() / "logs" / "worker.log", worker_limit)
         self._stopping = asyncio.Event()
         # Set by the API after it changed the store: the deployments follow at once, not at the next poll.
         self._store_changed = asyncio.Event()

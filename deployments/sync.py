@@ -19,9 +19,9 @@ from prefect.schedules import Cron, Interval, Schedule
 from pydantic import BaseModel
 
 from flows.replicate import replicate
+from flows.spread import WORK_POOL
 from policies.models import Policy
 
-WORK_POOL = "regflow"
 # Every deployment regflow manages carries this tag, so sync never touches anyone else's.
 MANAGED_TAG = "regflow"
 REPO_ROOT = Path(__file__).resolve().parent.parent

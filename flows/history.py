@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterName,
+    FlowRunFilterParentFlowRunId,
     FlowRunFilterTags,
     LogFilter,
     LogFilterFlowRunId,
@@ -48,6 +49,8 @@ RECORD_WAIT_SECONDS = 60.0
 RECORD_POLL_SECONDS = 0.25
 # The tag linking a retry to the execution it retries: ``retry-of:<flow run id>``.
 RETRY_TAG = "retry-of:"
+# The task key Prefect gives the placeholder task run of a deployment run started from a flow.
+PLACEHOLDER_TASK_KEY = "prefect.deployments.flow_runs.run_deployment."
 # Log lines read per request: the server's own default page.
 LOG_PAGE = 200
 
@@ -109,16 +112,18 @@ class LogLine(BaseModel):
 async def wait_recorded(flow_run_id: str, expected_task_runs: int,
                         client: PrefectClient | None = None) -> bool:
     """Task runs reach the server as events, recorded a little after the run that started them
-    ended: wait until it holds ``expected_task_runs`` finished ones (False: not in
-    RECORD_WAIT_SECONDS). The run itself does not wait; whoever reads its task runs does."""
+    ended: wait until it (with its parts, flows/spread.py) holds ``expected_task_runs`` finished
+    ones (False: not in RECORD_WAIT_SECONDS). The run itself does not wait; whoever reads its
+    task runs does."""
     if client is None:
         async with get_client() as own:
             return await wait_recorded(flow_run_id, expected_task_runs, own)
     deadline = time.monotonic() + RECORD_WAIT_SECONDS
+    runs = await _with_parts(client, UUID(flow_run_id))
     # Counted by the server, not read back: reading every task run four times a second kept
     # the server (whose recorder shares its event loop) from recording them (300 task runs:
     # ~55 s of waiting, measured on the manysmall benchmark).
-    query = {"flow_runs": FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])).model_dump(mode="json"),
+    query = {"flow_runs": FlowRunFilter(id=FlowRunFilterId(any_=runs)).model_dump(mode="json"),
              "task_runs": TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(
                  any_=list(TERMINAL_STATES)))).model_dump(mode="json")}
     while time.monotonic() < deadline:
@@ -129,11 +134,38 @@ async def wait_recorded(flow_run_id: str, expected_task_runs: int,
     return False
 
 
+async def _with_parts(client: PrefectClient, run_id: UUID) -> list[UUID]:
+    """The execution's flow run and its parts' (a spread execution's transfers ran in those)."""
+    return [run_id, *(p.id for p in await _parts(client, run_id))]
+
+
+async def _parts(client: PrefectClient, run_id: UUID) -> list[FlowRun]:
+    return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+
+
+def _latest_attempts(task_runs: list[TaskRun], parts: list[FlowRun]) -> list[TaskRun]:
+    """A part that ran again (its machine was lost) did all its transfers again: its earlier
+    attempt's task runs are left out."""
+    attempt = {p.id: p.run_count for p in parts}
+    return [t for t in task_runs if t.flow_run_id not in attempt
+            or t.flow_run_run_count == attempt[t.flow_run_id]]
+
+
+def _is_transfer(task_run: TaskRun) -> bool:
+    # A spread execution also holds the placeholders Prefect makes for its part runs.
+    return not task_run.task_key.startswith(PLACEHOLDER_TASK_KEY)
+
+
 async def _task_runs(client: PrefectClient, run: FlowRun) -> list[TaskRun]:
-    """The run's task runs, all of them when it ended moments ago: it tags itself with how
-    many it started, and the server may not have recorded the last ones yet."""
+    """The run's task runs (its parts' too), all of them when it ended moments ago: it tags
+    itself with how many it started, and the server may not have recorded the last ones yet."""
+    parts = await _parts(client, run.id)
+    runs = [run.id, *(p.id for p in parts)]
+
     async def read() -> list[TaskRun]:
-        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        found = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+        return _latest_attempts([t for t in found if _is_transfer(t)], parts)
 
     task_runs = await read()
     tagged = _tag_value(list(run.tags), TASK_RUNS_TAG)
@@ -204,14 +236,17 @@ async def read_logs(id_or_name: str, task: str | None = None) -> list[LogLine]:
     that source repository (its transfer, and its retries, which are the same task run)."""
     async with get_client() as client:
         run = await find_run(client, id_or_name)
-        task_runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+        parts = await _parts(client, run.id)
+        runs = [run.id, *(p.id for p in parts)]
+        task_runs = _latest_attempts([t for t in await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)),
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[task])) if task else None)
+            if _is_transfer(t)], parts)
         if task and not task_runs:
             raise ConfigError(f"execution {run.name} has no task {task!r}: "
                               f"`regflow executions show {run.name}` lists them")
         names = {t.id: t.name for t in task_runs}
-        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]),
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=runs),
                                task_run_id=LogFilterTaskRunId(any_=list(names)) if task else None)
         lines: list[LogLine] = []
         while True:

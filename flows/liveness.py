@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -41,11 +42,38 @@ logger = logging.getLogger(__name__)
 
 FLOW_NAME = "replicate"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# The share of a spread execution another worker runs (flows/part.py): judged the same way, so
+# a part whose machine was lost is Crashed and its execution schedules it again.
+PART_FLOW_NAME = "replicate-part"
 # Often enough that three heartbeats fit in the silence window; one event a run, cheap.
-HEARTBEAT_SECONDS = 15
+DEFAULT_HEARTBEAT_SECONDS = 15
 # Four heartbeats: a busy machine or a slow event pipeline delays one or two, never four. With
 # the automation's evaluation loop (5 s) a dead run is Crashed within 90 s of its last word.
-SILENCE_SECONDS = 60
+DEFAULT_SILENCE_SECONDS = 60
+# Both can be shortened where a lost machine must be noticed sooner (a test bed): every process
+# sharing the server must then be given the same values.
+HEARTBEAT_ENV, SILENCE_ENV = "REGFLOW_HEARTBEAT_SECONDS", "REGFLOW_SILENCE_SECONDS"
+# Fewer heartbeats per window and one late event would crash a live run.
+HEARTBEATS_PER_SILENCE = 3
+# Prefect refuses a proactive trigger watching a shorter window.
+MIN_SILENCE_SECONDS = 10
+
+
+def _windows() -> tuple[int, int]:
+    try:
+        beat = int(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_SECONDS))
+        silence = int(os.environ.get(SILENCE_ENV, DEFAULT_SILENCE_SECONDS))
+    except ValueError:
+        beat, silence = 0, 0
+    if beat < 1 or silence < max(beat * HEARTBEATS_PER_SILENCE, MIN_SILENCE_SECONDS):
+        logger.warning("%s/%s ignored: need whole seconds, silence >= %d heartbeats and >= %d s; "
+                       "using %d/%d s", HEARTBEAT_ENV, SILENCE_ENV, HEARTBEATS_PER_SILENCE,
+                       MIN_SILENCE_SECONDS, DEFAULT_HEARTBEAT_SECONDS, DEFAULT_SILENCE_SECONDS)
+        return DEFAULT_HEARTBEAT_SECONDS, DEFAULT_SILENCE_SECONDS
+    return beat, silence
+
+
+HEARTBEAT_SECONDS, SILENCE_SECONDS = _windows()
 # Prefect's own flow-run heartbeats (a serve worker's runs) have a floor of 30 s; they add to
 # the run's own and are never what the silence window relies on.
 ENGINE_HEARTBEAT_SECONDS = 30
@@ -54,8 +82,8 @@ CLOCK_SKEW = timedelta(minutes=10)
 
 AUTOMATION_NAME = "regflow: crash executions without heartbeats"
 # The description carries the definition's version: a server holding an older one is updated.
-AUTOMATION_DESCRIPTION = ("Marks a regflow execution Crashed when its heartbeats stop for "
-                          f"{SILENCE_SECONDS} s (its process died). Definition v2.")
+AUTOMATION_DESCRIPTION = ("Marks a regflow execution (or a part of one) Crashed when its heartbeats "
+                          f"stop for {SILENCE_SECONDS} s (its process died). Definition v3.")
 FINAL_EVENTS = frozenset(f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed"))
 SILENCE_MESSAGE = f"no heartbeat for {SILENCE_SECONDS} s: the process running this execution died"
 
@@ -69,7 +97,7 @@ def heartbeat_environment() -> dict[str, str]:
     return {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(ENGINE_HEARTBEAT_SECONDS)}
 
 
-def keep_alive() -> None:
+def keep_alive(flow_name: str = FLOW_NAME) -> None:
     """Called first thing in the flow body: heartbeats for this run until its state is final,
     and the crash automation ensured on its server in the background."""
     context = FlowRunContext.get()
@@ -81,7 +109,7 @@ def keep_alive() -> None:
                 "prefect.resource.name": run.name or "", "prefect.version": prefect_version}
     related = [RelatedResource.model_validate({"prefect.resource.id": f"prefect.flow.{run.flow_id}",
                                                "prefect.resource.role": "flow",
-                                               "prefect.resource.name": FLOW_NAME})]
+                                               "prefect.resource.name": flow_name})]
     # The thread sees this context's settings (the run's API URL), not the process defaults.
     settings = contextvars.copy_context()
     threading.Thread(target=settings.run, args=(_beat, run, loop, resource, related), daemon=True,
@@ -116,7 +144,8 @@ def crash_automation() -> Automation:
             expect={HEARTBEAT_EVENT, *FINAL_EVENTS},
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
             # Only regflow's executions: other flows on a shared server may beat more slowly.
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+            match_related={"prefect.resource.role": "flow",
+                           "prefect.resource.name": [FLOW_NAME, PART_FLOW_NAME]},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,

@@ -10,7 +10,6 @@ planned, and carries the tag ``retry-of:<id>``.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -22,20 +21,31 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
-from prefect.tasks import exponential_backoff
-from prefect.utilities.annotations import quote
 
 from adapters import Adapter
-from adapters.errors import ConfigError, ReplicationError, is_transient
-from flows import details, history, liveness, runtime
+from adapters.errors import ConfigError, ReplicationError
+from flows import details, history, liveness, runtime, spread
+from flows.transfers import (
+    MAX_ATTEMPTS_PER_BLOB,
+    RUN,
+    TRANSFER_BACKOFF,
+    TRANSFER_CONCURRENCY,
+    TRANSFER_RETRIES,
+    Lanes,
+    Run,
+    TransferIncomplete,
+    retry_transient,
+    settle,
+    transfer,
+)
 from policies.models import Policy
 from policies.store import Store
 from tasks.bandwidth import Bandwidth
-from tasks.blobs import BLOB_ATTEMPTS, BlobCopier
+from tasks.blobs import BlobCopier
 from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
-from tasks.models import TransferResult, TransferSpec
+from tasks.models import Traffic, TransferResult, TransferSpec
 from tasks.plan import Pins, Plan, PlannedRepository, named, plan_each
 from tasks.prepare import prepare
 from tasks.prune import PruneReport, prune_after_run
@@ -44,73 +54,11 @@ from tasks.sessions import UploadSessions
 from tasks.stop import StopSignal
 from tasks.summary import MESSAGE_FAILURES, Execution, summarize, summarize_deletions
 from tasks.traffic import traffic_of
-from tasks.transfer import transfer_repository
 from tasks.verify import VerifyReport, verify_policy
 
-# Repositories transferred at once in one run. The run moves at most BLOB_CONCURRENCY blobs at
-# once whatever the repositories; four lanes of up to TAG_CONCURRENCY tags keep them all busy
-# on the 2-core reference machine (six lanes were not faster).
-TRANSFER_CONCURRENCY = 4
-# The task level of the retry table (docs/decisions.md): a transfer whose failures are all
-# transient runs again, up to this many more times, a few seconds apart; its blobs' own attempts
-# (BLOB_ATTEMPTS) come first, inside each run of it.
-TRANSFER_RETRIES = 2
-TRANSFER_BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, then 4 s (+ up to half, jitter)
-# The most times one blob is tried in one policy run: the two levels multiply, nothing else adds.
-MAX_ATTEMPTS_PER_BLOB = BLOB_ATTEMPTS * (1 + TRANSFER_RETRIES)
-
-
-@dataclass
-class _Run:
-    source: Adapter
-    target: Adapter
-    blobs: BlobCopier
-
-
-# Task inputs stay small pydantic models; the open clients reach the task through this.
-_RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("regflow_run")
-
-
-class TransferIncomplete(ReplicationError):
-    """A transfer ended with failures; carries its result so the summary loses nothing."""
-
-    def __init__(self, result: TransferResult, *, transient: bool) -> None:
-        super().__init__(f"{result.count('failed')} tag(s) failed: {result.error}", transient=transient)
-        self.result = result
-
-
-def _retry_transient(task: object, task_run: object, state: State) -> bool:
-    """Prefect's retry_condition_fn: the task level asks the same one rule as the blob level."""
-    return isinstance(state.data, BaseException) and is_transient(state.data)
-
-
-@task(name="transfer", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
-      retry_delay_seconds=TRANSFER_BACKOFF, retry_jitter_factor=0.5,
-      retry_condition_fn=_retry_transient, cache_policy=NO_CACHE, persist_result=False)
-async def transfer(spec: TransferSpec) -> TransferResult:
-    run = _RUN.get()
-    return _settle(_logged(await transfer_repository(run.source.client, run.target.client, spec, run.blobs)))
-
-
-def _logged(result: TransferResult) -> TransferResult:
-    """One line per task, and one per tag not copied: what `regflow executions logs --task`
-    shows."""
-    logger = get_run_logger()
-    logger.info("%s -> %s: %d copied, %d skipped, %d failed, %d stopped, %d bytes",
-                result.source_repository, result.target_repository, result.count("copied"),
-                result.count("skipped"), result.count("failed"), result.count("stopped"), result.bytes)
-    for t in result.tags:
-        if t.status in ("failed", "stopped"):
-            logger.warning("%s:%s %s: %s", result.source_repository, t.tag, t.status, t.reason)
-    return result
-
-
-def _settle(result: TransferResult) -> TransferResult:
-    """A task with failed tags fails, transient when every failure was (Prefect then retries
-    it while it has retries left)."""
-    if result.status == "Failed":
-        raise TransferIncomplete(result, transient=result.retryable)
-    return result
+# Re-exported: the retry table's names, where readers of this flow look for them.
+__all__ = ["MAX_ATTEMPTS_PER_BLOB", "TRANSFER_CONCURRENCY", "TRANSFER_RETRIES", "TransferIncomplete",
+           "replicate", "transfer"]
 
 
 @flow(name="replicate", flow_run_name=runtime.run_name, persist_result=False, log_prints=False)
@@ -167,6 +115,8 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
             execution = summary(prune=pruned)
     execution.transfers = done.started
     execution.traffic = traffic_of(source.client, target.client, done.blobs)
+    if done.parts_traffic is not None:
+        execution.traffic = execution.traffic.plus(done.parts_traffic)
     execution.report = build_report(policy, done.plan, done.results, source_host=source.client.host,
                                     target_host=target.client.host, stopped=stop.is_set)
     return await _final(execution, trigger, event_id, retry_of)
@@ -203,11 +153,11 @@ def _label_retry(first_id: str) -> None:
 
 
 @task(name="delete", task_run_name="{spec.source_repository}", retries=TRANSFER_RETRIES,
-      retry_delay_seconds=TRANSFER_BACKOFF, retry_jitter_factor=0.5, retry_condition_fn=_retry_transient,
+      retry_delay_seconds=TRANSFER_BACKOFF, retry_jitter_factor=0.5, retry_condition_fn=retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 async def delete(spec: DeleteSpec) -> TransferResult:
-    run = _RUN.get()
-    return _settle(await delete_manifest(run.target, spec, source=run.source))
+    run = RUN.get()
+    return settle(await delete_manifest(run.target, spec, source=run.source))
 
 
 async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -> Execution:
@@ -216,7 +166,7 @@ async def _replicate_deletion(loaded: LoadedPolicy, resources: list[Resource]) -
         return summarize_deletions(policy.name, [])  # nothing to do: deletions stay on the source
     async with open_adapters(loaded) as (source, target):
         blobs = BlobCopier(source.client, target.client)
-        _RUN.set(_Run(source, target, blobs))
+        RUN.set(Run(source, target, blobs))
         results = []
         for spec in delete_specs(resources, policy, target):
             state: State = await delete(spec, return_state=True)  # type: ignore[misc]
@@ -234,78 +184,49 @@ class _Transferred:
     results: dict[str, TransferResult | BaseException]  # every repository with work, started or not
     started: int  # transfer task runs, which the server records
     blobs: BlobCopier  # its counters are part of the execution's traffic
+    parts_traffic: Traffic | None = None  # what the parts of a spread execution asked for
 
 
 async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],
                              stop: StopSignal, pins: Pins | None = None) -> _Transferred:
     """Plans every repository and transfers those with work, each transfer starting as soon as
     its own repository's plan is known: planning the rest (a HEAD or two per tag) overlaps the
-    copying instead of preceding it (~0.7 s of a 50-repository full copy)."""
+    copying instead of preceding it (~0.7 s of a 50-repository full copy). A policy with
+    ``spread`` run by a worker plans first, then hands the transfers to its parts
+    (flows/spread.py), which other workers run."""
     # Open chunked uploads are rows of the store, so any worker sharing it can continue them.
     store = Store()
     sessions = UploadSessions(target.client.endpoint.url, store)
     blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(policy.speed, stop),
                        mount_probe=target.info.supports_mount, sessions=sessions)
-    _RUN.set(_Run(source, target, blobs))
-    progress = runtime.Progress()
+    lanes = Lanes(Run(source, target, blobs), stop, runtime.Progress())
+    spreading = await spread.wanted(policy)
     planned: dict[int, PlannedRepository] = {}
     specs: list[TransferSpec] = []
-    waiting: asyncio.Queue[TransferSpec | None] = asyncio.Queue()
-    results: dict[str, TransferResult | BaseException] = {}
-    started = 0
-
-    async def one(spec: TransferSpec) -> TransferResult | BaseException:
-        nonlocal started
-        if stop.is_set:
-            return ReplicationError(f"not started: {stop.reason}")
-        started += 1
-        # quote: Prefect would otherwise walk every field of the spec (its manifests' layers
-        # included) twice per task run looking for futures; the task gets the spec itself.
-        state: State = await transfer(quote(spec), return_state=True)  # type: ignore[misc]
-        progress.advance()
-        data = await state.aresult(raise_on_failure=False)
-        if isinstance(data, TransferIncomplete):
-            return data.result
-        if isinstance(data, TransferResult | BaseException):
-            return data
-        return ReplicationError(f"transfer ended {state.type.value}: {state.message}")
-
-    async def lane() -> None:
-        # A lane takes one slot of each registry's cross-run limit for its whole life: asking
-        # Prefect's server per task cost ~2 s a task (measured), more than most transfers.
-        async with runtime.registry_slots(source.client.host, target.client.host):
-            while (spec := await waiting.get()) is not None:
-                results[spec.source_repository] = await one(spec)
-
-    # Direct task calls in lanes, not Prefect's .map of async tasks (~10x the cost per task);
-    # a lane starts with the first spec it can take, so a no-change resync starts none.
-    lanes: list[asyncio.Task[None]] = []
     try:
         async for i, repository in plan_each(source, target, policy, found, pins=pins):
             planned[i] = repository
             if (spec := repository.spec(policy)) is None:
                 continue
-            if not specs:
-                await runtime.ensure_registry_limits(source.client.host, target.client.host)
             specs.append(spec)
-            progress.expect()
-            waiting.put_nowait(spec)
-            if len(lanes) < TRANSFER_CONCURRENCY:
-                lanes.append(asyncio.create_task(lane()))
+            if not spreading:
+                await lanes.put(spec)
     finally:
         if len(planned) < len(found):  # planning broke off: start nothing more
-            while not waiting.empty():
-                waiting.get_nowait()
-        for _ in lanes:
-            waiting.put_nowait(None)
-        await asyncio.gather(*lanes)
-        await progress.flush()
+            lanes.drop_waiting()
+        results = await lanes.close()
+        await lanes.progress.flush()
         store.close()
+    started = lanes.started
+    traffic: Traffic | None = None
+    if spreading and specs:
+        parts = await spread.transfer_in_parts(policy, specs, stop)
+        results, started, traffic = parts.results, parts.started, parts.traffic
     return _Transferred(
         plan=Plan(repositories=[planned[i] for i in range(len(found))]),
         results={s.source_repository: results.get(s.source_repository, ReplicationError("not started"))
                  for s in specs},
-        started=started, blobs=blobs)
+        started=started, blobs=blobs, parts_traffic=traffic)
 
 
 async def _verify(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags],

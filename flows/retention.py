@@ -34,6 +34,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterEndTime,
     FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -45,6 +46,7 @@ from pydantic import BaseModel
 
 from adapters.errors import ConfigError
 from flows.runtime import policy_tag
+from flows.spread import PART_OF_TAG
 from policies.models import Policy, Retention
 from policies.store import Store
 
@@ -223,6 +225,7 @@ async def _delete(client: PrefectClient, scope: _Scope, batch: list[RunFacts],
     scope again in the same transaction, so a run retried (moved out of its final state) since
     it was read stays."""
     ids = [r.id for r in batch]
+    parts = await _parts_of(client, ids)  # read first: a deleted run's link to its parts goes with it
     artifacts = await _artifacts_of(client, ids)
     task_runs = await _count_task_runs(client, ids)
     still_expired = scope.finished(id=FlowRunFilterId(any_=ids), end_time=_ended_before(scope.cutoff))
@@ -240,7 +243,36 @@ async def _delete(client: PrefectClient, scope: _Scope, batch: list[RunFacts],
             entry.artifacts += 1
     entry.task_runs += task_runs
     entry.executions.extend(_pruned(r) for r in batch if r.id in gone)
+    await _delete_parts(client, [part for part, parent in parts if parent in gone], entry)
     return gone
+
+
+async def _parts_of(client: PrefectClient, run_ids: list[UUID]) -> list[tuple[UUID, UUID]]:
+    """(part run id, execution id) of the parts of spread executions (flows/spread.py)."""
+    found: list[tuple[UUID, UUID]] = []
+    query = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=run_ids))
+    while True:
+        page = await client.read_flow_runs(flow_run_filter=query, limit=READ_PAGE, offset=len(found))
+        for run in page:
+            parent = next((t.removeprefix(PART_OF_TAG) for t in run.tags if t.startswith(PART_OF_TAG)), "")
+            with suppress(ValueError):
+                found.append((run.id, UUID(parent)))
+        if len(page) < READ_PAGE:
+            return found
+
+
+async def _delete_parts(client: PrefectClient, part_ids: list[UUID], entry: PolicyPrune) -> None:
+    """A deleted execution's parts go with it: their task runs are its Harbor tasks."""
+    for start in range(0, len(part_ids), DELETE_BATCH):
+        ids = part_ids[start:start + DELETE_BATCH]
+        artifacts = await _artifacts_of(client, ids)
+        entry.task_runs += await _count_task_runs(client, ids)
+        query = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        await client.request("POST", "/flow_runs/bulk_delete", json={  # type: ignore[arg-type]
+            "flow_runs": query.model_dump(mode="json", exclude_unset=True), "limit": len(ids)})
+        for artifact_id, _ in artifacts:
+            with suppress(ObjectNotFound):
+                await client.delete_artifact(artifact_id)
 
 
 async def _artifacts_of(client: PrefectClient, run_ids: list[UUID]) -> list[tuple[UUID, UUID]]:

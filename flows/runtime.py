@@ -22,6 +22,7 @@ from prefect.artifacts import (
 )
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -119,22 +120,25 @@ async def active_run_of(policy: str) -> str | None:
 
 
 @asynccontextmanager
-async def watch_cancellation(stop: StopSignal) -> AsyncIterator[None]:
+async def watch_cancellation(stop: StopSignal, *also: str) -> AsyncIterator[None]:
     """Polls the run's state and sets ``stop`` once it is Cancelling: works for runs started by
-    a runner or worker and for runs cancelled from the UI while the CLI executes them."""
-    run_id = flow_run.id
+    a runner or worker and for runs cancelled from the UI while the CLI executes them. ``also``:
+    other runs whose cancelling stops this one too (a part's execution)."""
+    watched = [UUID(i) for i in (flow_run.id, *also) if i]
 
     async def poll() -> None:
         async with get_client() as client:
             while True:
                 await asyncio.sleep(CANCEL_POLL_SECONDS)
                 with suppress(Exception):  # a flaky API must not end the run; next poll retries
-                    state = (await client.read_flow_run(UUID(run_id))).state
-                    if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=watched)))
+                    if any(r.state is not None and r.state.type in (StateType.CANCELLING, StateType.CANCELLED)
+                           for r in runs):
                         stop.set("stopped by user")
                         return
 
-    watcher = asyncio.create_task(poll()) if run_id else None
+    watcher = asyncio.create_task(poll()) if watched else None
     try:
         yield
     finally:
@@ -245,21 +249,21 @@ async def _artifacts(execution: Execution) -> None:
             "bytes": t.bytes, "seconds": round(t.seconds, 2),
             "reason": "; ".join(([t.error] if t.error else []) + reasons)[:2000],
         })
-    await acreate_table_artifact(rows, key=f"replication-{_slug(execution.policy)}",
+    await acreate_table_artifact(rows, key=f"replication-{slug(execution.policy)}",
                           description=f"{execution.status}: {execution.message}")
     await acreate_markdown_artifact(
         f"## {execution.policy}: {execution.status}\n\n{execution.message}\n\n"
         f"| total | succeed | failed | stopped | bytes |\n|---|---|---|---|---|\n"
         f"| {execution.total} | {execution.succeed} | {execution.failed} | {execution.stopped} "
         f"| {human_bytes(execution.bytes)} |\n",
-        key=f"replication-summary-{_slug(execution.policy)}",
+        key=f"replication-summary-{slug(execution.policy)}",
         description=execution.message,
     )
     if execution.traffic is not None:  # read back by serve's /metrics (deployments/metrics.py)
-        await acreate_table_artifact(execution.traffic.rows(), key=f"traffic-{_slug(execution.policy)}",
+        await acreate_table_artifact(execution.traffic.rows(), key=f"traffic-{slug(execution.policy)}",
                                      description="Registry answers by status, rate-limit holds, blob routes")
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     # Artifact keys allow lowercase letters, digits and dashes only.
     return re.sub(r"[^a-z0-9-]", "-", name.lower())

@@ -366,6 +366,9 @@ class Retention(_Model):
 DEFAULT_PRUNE_LIMIT: Final = 50
 # The most a ``latest.count`` may keep: beyond it the user wants no limit at all.
 MAX_LATEST_COUNT: Final = 10_000
+# A spread execution's parts each cost a flow run process on some worker and a few server
+# writes; more parts than this is more start-up than a 10,000-repository policy gains from.
+MAX_SPREAD: Final = 64
 
 
 class Latest(_Model):
@@ -394,6 +397,9 @@ class Policy(_Model):
     speed: int = -1
     copy_by_chunk: bool = False
     single_active_replication: bool = False
+    # Parts an execution's transfers are split into, each a run of its own that any worker of
+    # the work pool may take (flows/spread.py): 1 runs them all in the execution's process.
+    spread: int = Field(default=1, ge=1, le=MAX_SPREAD, strict=True)
     # After copying, check that the target holds every selected tag whole (tasks/verify.py); a
     # tag or blob found missing fails the execution.
     verify: bool = False

@@ -285,6 +285,10 @@ def serve(
                                            help="port of the HTTP listener")] = 8787,
     prefect_port: Annotated[int, typer.Option(help="port of the local Prefect server, if serve "
                                               "starts it")] = 4200,
+    worker_limit: Annotated[int | None, typer.Option(
+        min=1, help="flow runs this machine's worker runs at once (prefect worker --limit); set it "
+        "when workers on other machines share the pool, so that a spread execution's parts reach "
+        "them too")] = None,
 ) -> None:
     """Serve every policy: deployments kept current, a worker running them, webhooks received,
     and Harbor's replication API under /api/v2.0 when REGFLOW_ADMIN_PASSWORD is set.
@@ -313,7 +317,7 @@ def serve(
         err.print(f"Prefect UI: {url} (log in with the contents of "
                   f"{embedded.prefect_home() / AUTH_FILE})", highlight=False)
     from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
-    asyncio.run(Service(http_host, http_port).run())
+    asyncio.run(Service(http_host, http_port, worker_limit=worker_limit).run())
 
 
 @app.callback()

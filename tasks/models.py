@@ -105,6 +105,18 @@ class Traffic(BaseModel):
     blobs_mounted: int = 0
     registries: dict[TrafficRole, RegistryTraffic] = {}
 
+    def plus(self, other: Traffic) -> Traffic:
+        """Both runs' counts added (a spread execution's own requests and its parts')."""
+        total = self.model_copy(deep=True)
+        total.blobs_uploaded += other.blobs_uploaded
+        total.blobs_mounted += other.blobs_mounted
+        for role, side in other.registries.items():
+            mine = total.registries.setdefault(role, RegistryTraffic(host=side.host))
+            mine.holds += side.holds
+            for status, n in side.responses.items():
+                mine.responses[status] = mine.responses.get(status, 0) + n
+        return total
+
     def rows(self) -> list[dict[str, object]]:
         """The artifact's table, one count a row: the blob routes, then each registry side's
         holds (its host in ``key``) and its answers by status."""

@@ -103,6 +103,7 @@ class PrefectRuns:
 def _view(record: ExecutionRecord) -> RunView:
     return RunView(id=record.id, policy=record.policy, trigger=record.trigger, state=record.state,
                    message=record.message, start_time=record.start_time, end_time=record.end_time,
-                   ended=record.ended, tasks=[TaskView(repository=t.name, target=str(t.row.get("target", "")), state=t.state,
+                   ended=record.ended,
+                   tasks=[TaskView(repository=t.name, target=str(t.row.get("target", "")), state=t.state,
                                    status=str(t.row.get("status", "")), message=t.message)
                           for t in record.tasks])

@@ -12,7 +12,8 @@ import pytest
 
 from policies.models import parse_config
 from policies.store import Store
-from tests.integration.test_store_postgres import Postgres, config_data, postgres, store  # noqa: F401
+from tests.integration.test_store_postgres import config_data, postgres, store  # noqa: F401
+from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from policies.store import Store
-from tests.integration.test_store_postgres import Postgres, postgres, store  # noqa: F401
+from tests.integration.test_store_postgres import postgres, store  # noqa: F401
+from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.sync import WORK_POOL
+from flows.spread import WORK_POOL
 
 pytestmark = [pytest.mark.integration]
 

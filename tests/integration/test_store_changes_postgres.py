@@ -14,7 +14,8 @@ import pytest
 from adapters.errors import ConfigError
 from policies.models import Policy, parse_config
 from policies.store import PolicyRow, Store
-from tests.integration.test_store_postgres import Postgres, config_data, postgres, store  # noqa: F401
+from tests.integration.test_store_postgres import config_data, postgres, store  # noqa: F401
+from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 

@@ -1,162 +1,39 @@
 """policies.store against a real, throwaway PostgreSQL server (initdb into a temp directory).
 
 Skipped when no PostgreSQL server binaries are installed (Debian package `postgresql`). The server
-is stopped by its own PID at teardown and its directory removed.
+(tests/support/postgres.py) is stopped by its own PID at teardown and its directory removed.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from pydantic import SecretStr
 
 from adapters.errors import ConfigError
 from policies.models import parse_config
 from policies.store import ApplyReport, Store, UploadSession
+from tests.support.postgres import Postgres, PostgresError, throwaway_postgres, unavailable_reason
 
 pytestmark = pytest.mark.integration
 
 SECRET = "pg-literal-Secret-99"
-# postgres refuses to run as root; these users exist on Debian (the first with the package).
-UNPRIVILEGED_USERS = ("postgres", "nobody")
-
-
-def _bin_dir() -> Path | None:
-    candidates = [shutil.which("initdb"), "/usr/local/bin/initdb",
-                  *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            # Resolved: /usr/local/bin/initdb is often a link into the versioned directory.
-            directory = Path(candidate).resolve().parent
-            if (directory / "postgres").is_file():
-                return directory
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Postgres:
-    """One server: ``initdb``, then ``postgres`` in the foreground, run as ``user`` when root."""
-
-    def __init__(self, bin_dir: Path, base: Path, user: pwd.struct_passwd | None) -> None:
-        self.bin_dir = bin_dir
-        self.base = base
-        self.data = base / "data"
-        self.log = base / "postgres.log"
-        self.user = user
-        self.port = _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def _command(self, *args: str) -> list[str]:
-        if self.user is None:
-            return list(args)
-        # setpriv execs in place (runuser forks), so the PID we hold is the server's own.
-        return ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups",
-                "--", *args]
-
-    def start(self) -> None:
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        init = subprocess.run(
-            self._command(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "regflow",
-                          "-A", "trust", "-E", "UTF8", "--no-instructions"),
-            capture_output=True, env=env, cwd=self.base, check=False, timeout=120,
-        )
-        if init.returncode != 0:
-            pytest.fail(f"initdb failed: {init.stdout.decode()}{init.stderr.decode()}", pytrace=False)
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                self._command(str(self.bin_dir / "postgres"), "-D", str(self.data), "-k", str(self.base),
-                              "-p", str(self.port), "-h", "127.0.0.1", "-F"),
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.base,
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"postgres exited early:\n{self.log.read_text()[-3000:]}", pytrace=False)
-            try:
-                psycopg.connect(host="127.0.0.1", port=self.port, user="regflow", dbname="postgres").close()
-                return
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        pytest.fail(f"postgres did not accept connections:\n{self.log.read_text()[-3000:]}", pytrace=False)
-
-    def url(self, scheme: str = "postgresql+psycopg") -> str:
-        return f"{scheme}://regflow@127.0.0.1:{self.port}/postgres"
-
-    def query(self, sql: str) -> list[tuple[Any, ...]]:
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="regflow", dbname="postgres") as conn:
-            return conn.execute(sql).fetchall()
-
-    def drop_tables(self) -> None:
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="regflow", dbname="postgres") as conn:
-            conn.execute("DROP TABLE IF EXISTS registries, policies, upload_sessions, api_ids, api_run_ids")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGINT)  # "fast" shutdown: disconnects clients
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, postgres): "
-                    "install the Debian package `postgresql`")
-    user = None
-    if os.geteuid() == 0:
-        user = next((pwd.getpwnam(n) for n in UNPRIVILEGED_USERS if _user_exists(n)), None)
-        if user is None or shutil.which("setpriv") is None:
-            pytest.skip("running as root needs setpriv (util-linux) and a 'postgres' or 'nobody' user")
-        # Not under tmp_path: pytest's base directory is private to root, so the server's user
-        # could not reach it.
-        base = Path(tempfile.mkdtemp(prefix="regflow-pg-"))
-        os.chown(base, user.pw_uid, user.pw_gid)
-    else:
-        base = tmp_path_factory.mktemp("pg")
-    server = Postgres(bin_dir, base, user)
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
     try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        if user is not None:
-            shutil.rmtree(base, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+        with throwaway_postgres(tmp_path_factory.mktemp("pg")) as server:
+            yield server
+    except PostgresError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from prefect.utilities.annotations import quote
 
 import flows.replicate as replicate
 import flows.runtime as runtime
+import flows.transfers as transfers
 from adapters.errors import ReplicationError
 from policies.models import Policy
 from tasks.discover import RepositoryTags
@@ -50,7 +51,7 @@ class World:
         self.artifacts: list[tuple[str, float, str]] = []
         self.fail_artifacts = False
         monkeypatch.setenv("REGFLOW_HOME", str(tmp_path))
-        monkeypatch.setattr(replicate, "transfer", self._transfer)
+        monkeypatch.setattr(transfers, "transfer", self._transfer)
         monkeypatch.setattr(runtime, "registry_slots", self._slots)
         monkeypatch.setattr(runtime, "ensure_registry_limits", self._limits)
         monkeypatch.setattr(runtime, "acreate_progress_artifact", self._create)

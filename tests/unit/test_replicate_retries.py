@@ -25,10 +25,10 @@ from flows.replicate import (
     MAX_ATTEMPTS_PER_BLOB,
     TRANSFER_RETRIES,
     TransferIncomplete,
-    _retry_transient,
     delete,
     transfer,
 )
+from flows.transfers import retry_transient
 from tasks.blobs import BLOB_ATTEMPTS, BlobCopier
 from tasks.models import TagOutcome, TransferResult
 from tests.support.fake_client import NoRoundTrips
@@ -43,12 +43,12 @@ def test_transient_failures_are_retried_and_others_are_not():
     def state(exc: BaseException) -> SimpleNamespace:
         return SimpleNamespace(data=exc)
 
-    assert _retry_transient(None, None, state(ServerError("503", status=503)))
-    assert not _retry_transient(None, None, state(ContentError("bad manifest")))
-    assert _retry_transient(None, None, state(TransferIncomplete(_result(transient=True), transient=True)))
-    assert not _retry_transient(None, None, state(TransferIncomplete(_result(transient=False),
+    assert retry_transient(None, None, state(ServerError("503", status=503)))
+    assert not retry_transient(None, None, state(ContentError("bad manifest")))
+    assert retry_transient(None, None, state(TransferIncomplete(_result(transient=True), transient=True)))
+    assert not retry_transient(None, None, state(TransferIncomplete(_result(transient=False),
                                                                       transient=False)))
-    assert not _retry_transient(None, None, state(ValueError("a bug is not retried")))
+    assert not retry_transient(None, None, state(ValueError("a bug is not retried")))
 
 
 def test_a_result_is_retryable_only_when_every_failure_is_transient():
@@ -196,7 +196,7 @@ def test_the_levels_multiply_to_the_documented_bound():
     assert MAX_ATTEMPTS_PER_BLOB == BLOB_ATTEMPTS * (1 + TRANSFER_RETRIES) == 9
     for task in (transfer, delete):
         assert task.retries == TRANSFER_RETRIES
-        assert task.retry_condition_fn is _retry_transient
+        assert task.retry_condition_fn is retry_transient
 
 
 async def test_a_transient_failure_is_tried_again_up_to_the_blob_bound_then_raised():
