@@ -246,7 +246,7 @@ async def _artifacts(execution: Execution) -> None:
         rows.append({
             "repository": t.source, "target": t.target, "status": t.status,
             "tags": len(t.tags), "copied": t.copied, "skipped": t.skipped, "failed": t.failed,
-            "bytes": t.bytes, "seconds": round(t.seconds, 2),
+            "bytes": t.bytes, "seconds": round(t.seconds, 2), "machine": t.machine,
             "reason": "; ".join(([t.error] if t.error else []) + reasons)[:2000],
         })
     await acreate_table_artifact(rows, key=f"replication-{slug(execution.policy)}",

@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from prefect import get_run_logger, tags, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.tasks import exponential_backoff
@@ -36,15 +36,18 @@ TRANSFER_RETRIES = 2
 TRANSFER_BACKOFF = exponential_backoff(backoff_factor=2)  # 2 s, then 4 s (+ up to half, jitter)
 # The most times one blob is tried in one policy run: the two levels multiply, nothing else adds.
 MAX_ATTEMPTS_PER_BLOB = BLOB_ATTEMPTS * (1 + TRANSFER_RETRIES)
-# Every transfer task run carries ``machine:<name>``: where it ran, when an execution is spread
-# over several workers. REGFLOW_MACHINE names a machine whose host name says too little (a
-# container's); the host name otherwise.
-MACHINE_TAG = "machine:"
+# Every transfer says where it ran (its result's ``machine``, the task table's column, its log
+# line): a spread execution's parts run on several workers. Not a task run tag: Prefect asks
+# its server for a tag's concurrency slot on every task run that has tags. REGFLOW_MACHINE
+# names a machine whose host name says too little (a container's); the host name otherwise.
 MACHINE_ENV = "REGFLOW_MACHINE"
 
 
 def machine_name() -> str:
     return os.environ.get(MACHINE_ENV, "").strip() or socket.gethostname()
+
+
+MACHINE = machine_name()
 
 
 @dataclass
@@ -76,16 +79,19 @@ def retry_transient(task: object, task_run: object, state: State) -> bool:
       retry_condition_fn=retry_transient, cache_policy=NO_CACHE, persist_result=False)
 async def transfer(spec: TransferSpec) -> TransferResult:
     run = RUN.get()
-    return settle(_logged(await transfer_repository(run.source.client, run.target.client, spec, run.blobs)))
+    result = await transfer_repository(run.source.client, run.target.client, spec, run.blobs)
+    result.machine = MACHINE
+    return settle(_logged(result))
 
 
 def _logged(result: TransferResult) -> TransferResult:
     """One line per task, and one per tag not copied: what `regflow executions logs --task`
     shows."""
     logger = get_run_logger()
-    logger.info("%s -> %s: %d copied, %d skipped, %d failed, %d stopped, %d bytes",
+    logger.info("%s -> %s: %d copied, %d skipped, %d failed, %d stopped, %d bytes, on %s",
                 result.source_repository, result.target_repository, result.count("copied"),
-                result.count("skipped"), result.count("failed"), result.count("stopped"), result.bytes)
+                result.count("skipped"), result.count("failed"), result.count("stopped"), result.bytes,
+                result.machine)
     for t in result.tags:
         if t.status in ("failed", "stopped"):
             logger.warning("%s:%s %s: %s", result.source_repository, t.tag, t.status, t.reason)
@@ -113,7 +119,6 @@ class Lanes:
         self.begun: set[str] = set()  # repositories whose transfer task run was started
         self._waiting: asyncio.Queue[TransferSpec | None] = asyncio.Queue()
         self._lanes: list[asyncio.Task[None]] = []
-        self._machine = MACHINE_TAG + machine_name()
         RUN.set(run)
 
     async def put(self, spec: TransferSpec) -> None:
@@ -150,8 +155,7 @@ class Lanes:
         self.begun.add(spec.source_repository)
         # quote: Prefect would otherwise walk every field of the spec (its manifests' layers
         # included) twice per task run looking for futures; the task gets the spec itself.
-        with tags(self._machine):
-            state: State = await transfer(quote(spec), return_state=True)  # type: ignore[misc]
+        state: State = await transfer(quote(spec), return_state=True)  # type: ignore[misc]
         self.progress.advance()
         data = await state.aresult(raise_on_failure=False)
         if isinstance(data, TransferIncomplete):

@@ -101,12 +101,15 @@ def show(
               + (f"\n{record.message}" if record.message else ""), highlight=False, markup=False)
     states = {t.name: t.state for t in record.tasks}
     rows = detail.repositories or [{"repository": t.name, "reason": t.message} for t in record.tasks]
-    tasks = Table("repository", "target", "state", "copied", "skipped", "failed", "bytes", "reason")
+    # Where each ran, once an execution ran on more than one machine (a spread policy's parts).
+    spread = len({row.get("machine") for row in rows if row.get("machine")}) > 1
+    tasks = Table("repository", "target", "state", "copied", "skipped", "failed", "bytes",
+                  *(["machine"] if spread else []), "reason")
     for row in rows:
         name = str(row.get("repository", ""))
         cells = [name, str(row.get("target", "")), states.get(name) or str(row.get("status", "no task run")),
                  *(str(row.get(k, "")) for k in ("copied", "skipped", "failed", "bytes")),
-                 str(row.get("reason", ""))[:200]]
+                 *([str(row.get("machine", ""))] if spread else []), str(row.get("reason", ""))[:200]]
         tasks.add_row(*(escape(c) for c in cells))
     out.print(tasks)
     if detail.tags:

@@ -60,6 +60,8 @@ class TransferResult(BaseModel):
     tags: list[TagOutcome] = []
     bytes: int = 0
     seconds: float = 0.0
+    # Where it ran (flows/transfers.machine_name): a spread execution's parts run on several.
+    machine: str = ""
 
     def count(self, status: TagStatus) -> int:
         return sum(1 for t in self.tags if t.status == status)

@@ -31,6 +31,7 @@ class TaskSummary(BaseModel):
     bytes: int
     seconds: float
     error: str = ""
+    machine: str = ""
 
 
 class Execution(BaseModel):
@@ -117,10 +118,11 @@ def _task(source: str, target: str, plan_error: str, settled: list[TagOutcome],
     tags = list(settled)
     error = plan_error
     seconds = 0.0
+    machine = ""
     if isinstance(result, TransferResult):
         tags = sorted([*tags, *result.tags], key=lambda t: t.tag)
         error = error or result.error
-        seconds = result.seconds
+        seconds, machine = result.seconds, result.machine
     elif isinstance(result, BaseException):
         error = f"{type(result).__name__}: {result}"
     status: TaskStatus = "Succeeded"
@@ -129,7 +131,7 @@ def _task(source: str, target: str, plan_error: str, settled: list[TagOutcome],
     elif any(t.status == "stopped" for t in tags):
         status = "Stopped"
     return TaskSummary(
-        source=source, target=target, status=status, tags=tags, error=error, seconds=seconds,
+        source=source, target=target, status=status, tags=tags, error=error, seconds=seconds, machine=machine,
         copied=sum(t.status == "copied" for t in tags), deleted=sum(t.status == "deleted" for t in tags),
         skipped=sum(t.status == "skipped" for t in tags),
         failed=sum(t.status == "failed" for t in tags), bytes=sum(t.bytes for t in tags))
