@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import get_client, get_run_logger
@@ -29,6 +30,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
@@ -95,6 +97,9 @@ def split(specs: list[TransferSpec], parts: int) -> list[list[TransferSpec]]:
 
 async def transfer_in_parts(policy: Policy, specs: list[TransferSpec], stop: StopSignal) -> Parts:
     logger = get_run_logger()
+    if stop.is_set:  # stopped while planning: no part is started
+        return Parts(results={s.source_repository: _stopped(s, stop) for s in specs}, started=0,
+                     traffic=Traffic())
     execution = str(flow_run.id)
     pool = _pool()
     deployment = await _ensure_deployment(pool)
@@ -182,12 +187,19 @@ async def _wait(client: PrefectClient, ids: list[UUID], stop: StopSignal) -> lis
             elif state.type == StateType.CRASHED and not stop.is_set and run.run_count < PART_ATTEMPTS:
                 await _crash_leftovers(client, run)
                 # Prefect reschedules a run with a deployment: any worker of the pool takes it.
-                await client.set_flow_run_state(run.id, AwaitingRetry(
+                result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, AwaitingRetry(
                     scheduled_time=datetime.now(UTC), message=f"its machine was lost: {state.message}"))
-                logger.warning("spread: part %s crashed (%s); scheduled again, attempt %d of %d",
-                               run.name, state.message, run.run_count + 1, PART_ATTEMPTS)
-                open_runs += 1
+                if result.status == SetStateStatus.ACCEPT:
+                    logger.warning("spread: part %s crashed (%s); scheduled again, attempt %d of %d",
+                                   run.name, state.message, run.run_count + 1, PART_ATTEMPTS)
+                    open_runs += 1
+                else:
+                    logger.warning("spread: part %s crashed (%s); Prefect refused to schedule it again: %s",
+                                   run.name, state.message, result.details)
         if not open_runs:
+            for run in runs:
+                if run.state is not None and run.state.type == StateType.CRASHED:
+                    await _crash_leftovers(client, run)
             return runs
         await asyncio.sleep(PART_POLL_SECONDS)
 
@@ -237,12 +249,16 @@ async def _collect(client: PrefectClient, policy: Policy, shares: list[list[Tran
     return Parts(results=results, started=started, traffic=traffic)
 
 
+def _stopped(spec: TransferSpec, stop: StopSignal) -> TransferResult:
+    return TransferResult(
+        source_repository=spec.source_repository, target_repository=spec.target_repository,
+        tags=[TagOutcome(tag=t.tag, digest=t.digest, status="stopped", reason=stop.reason)
+              for t in spec.tags])
+
+
 def _missing(spec: TransferSpec, run: FlowRun, stop: StopSignal) -> TransferResult | BaseException:
     if stop.is_set:
-        return TransferResult(
-            source_repository=spec.source_repository, target_repository=spec.target_repository,
-            tags=[TagOutcome(tag=t.tag, digest=t.digest, status="stopped", reason=stop.reason)
-                  for t in spec.tags])
+        return _stopped(spec, stop)
     state = run.state
     return ReplicationError(f"part {run.name} ended {state.name if state else 'without a state'} without "
                             f"results: {state.message if state else ''}", transient=True)
