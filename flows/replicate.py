@@ -220,7 +220,7 @@ async def _plan_and_transfer(source: Adapter, target: Adapter, policy: Policy, f
     started = lanes.started
     traffic: Traffic | None = None
     if spreading and specs:
-        parts = await spread.transfer_in_parts(policy, specs, stop)
+        parts = await spread.transfer_in_parts(policy, specs, stop, (source.client.host, target.client.host))
         results, started, traffic = parts.results, parts.started, parts.traffic
     return _Transferred(
         plan=Plan(repositories=[planned[i] for i in range(len(found))]),

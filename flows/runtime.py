@@ -148,13 +148,22 @@ async def watch_cancellation(stop: StopSignal, *also: str) -> AsyncIterator[None
                 await watcher
 
 
-def _limit_name(host: str) -> str:
+def limit_name(host: str) -> str:
     return "registry-" + re.sub(r"[^A-Za-z0-9.-]", "-", host)
+
+
+async def host_slots(host: str) -> int | None:
+    """The cross-run limit of transfers touching ``host`` (None: not created yet)."""
+    async with get_client() as client:
+        try:
+            return (await client.read_global_concurrency_limit_by_name(limit_name(host))).limit
+        except ObjectNotFound:
+            return None
 
 
 async def ensure_registry_limits(*hosts: str) -> None:
     """Create the per-host limits once per process, before any transfer asks for a slot."""
-    missing = sorted({_limit_name(h) for h in hosts} - _known_limits)
+    missing = sorted({limit_name(h) for h in hosts} - _known_limits)
     if not missing:
         return
     async with get_client() as client:
@@ -171,7 +180,7 @@ async def ensure_registry_limits(*hosts: str) -> None:
 async def registry_slots(*hosts: str) -> AsyncIterator[None]:
     run_id = flow_run.id
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
-    async with concurrency(sorted({_limit_name(h) for h in hosts}), occupy=1, strict=False,
+    async with concurrency(sorted({limit_name(h) for h in hosts}), occupy=1, strict=False,
                            lease_duration=REGISTRY_SLOT_LEASE_SECONDS, holder=holder):
         yield
 

@@ -41,6 +41,7 @@ from prefect.states import AwaitingRetry, Cancelled, Cancelling, Crashed
 from adapters.errors import ReplicationError
 from flows import liveness, runtime
 from flows.part import PART_DEPLOYMENT, PART_FLOW, RESULTS_KEY, TRAFFIC_KEY, read_result_rows, replicate_part
+from flows.transfers import TRANSFER_CONCURRENCY
 from policies.models import Policy
 from tasks.models import TagOutcome, Traffic, TransferResult, TransferSpec
 from tasks.stop import StopSignal
@@ -95,7 +96,9 @@ def split(specs: list[TransferSpec], parts: int) -> list[list[TransferSpec]]:
     return shares
 
 
-async def transfer_in_parts(policy: Policy, specs: list[TransferSpec], stop: StopSignal) -> Parts:
+async def transfer_in_parts(policy: Policy, specs: list[TransferSpec], stop: StopSignal,
+                            hosts: tuple[str, str]) -> Parts:
+    """``hosts``: the source's and the target's, whose cross-run limits the parts share."""
     logger = get_run_logger()
     if stop.is_set:  # stopped while planning: no part is started
         return Parts(results={s.source_repository: _stopped(s, stop) for s in specs}, started=0,
@@ -104,6 +107,7 @@ async def transfer_in_parts(policy: Policy, specs: list[TransferSpec], stop: Sto
     pool = _pool()
     deployment = await _ensure_deployment(pool)
     shares = split(specs, policy.spread)
+    await _warn_if_slots_are_short(len(shares), hosts)
     # The policy's Kbit/s hold for the whole execution: each part gets its share.
     speed = policy.speed if policy.speed <= 0 else max(1, policy.speed // len(shares))
     runs: list[FlowRun] = []
@@ -117,6 +121,21 @@ async def transfer_in_parts(policy: Policy, specs: list[TransferSpec], stop: Sto
     async with get_client() as client:
         ended = await _wait(client, [r.id for r in runs], stop)
         return await _collect(client, policy, shares, ended, stop)
+
+
+async def _warn_if_slots_are_short(parts: int, hosts: tuple[str, str]) -> None:
+    """Each part's lanes hold a slot of both registries' limits: with fewer slots than lanes
+    the parts wait for each other, and more of them buy nothing. Said, not raised: the limit
+    protects the registry, for every run sharing it."""
+    await runtime.ensure_registry_limits(*hosts)
+    lanes = parts * TRANSFER_CONCURRENCY
+    for host in sorted(set(hosts)):
+        slots = await runtime.host_slots(host)
+        if slots is not None and slots < lanes:
+            get_run_logger().warning(
+                "spread: %d parts run up to %d transfers at once, but %s allows %d across all runs: "
+                "parts will wait for each other (`prefect gcl update %s --limit %d` raises it)",
+                parts, lanes, runtime.limit_name(host), slots, runtime.limit_name(host), lanes)
 
 
 def _pool() -> str:
