@@ -77,7 +77,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import corpus
+from adapters.distribution.trace import TRACE_DIR_ENV
+from benchmarks import corpus, critical_path
 from flows import prefect_server
 from flows.prefect_server import LocalPrefectServer
 from tests.support.auth import ChallengeTokenAuth
@@ -293,8 +294,11 @@ class _Upstream:
 
 class Bench:
     def __init__(self, workdir: Path, tools: Sequence[str], baseline: Path | None = None,
-                 rtt_ms: float = 0.0, mbit: float = 0.0, tls: bool = False, token: bool = False) -> None:
+                 rtt_ms: float = 0.0, mbit: float = 0.0, tls: bool = False, token: bool = False,
+                 trace: bool = False) -> None:
         self.workdir = workdir
+        # Each regflow run's registry requests, for the critical path (benchmarks/critical_path.py).
+        self.trace = trace
         self.tls = tls
         self.rtt_ms, self.mbit = rtt_ms, mbit
         self._relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
@@ -538,6 +542,10 @@ class Bench:
         if tool in SERVER_TOOLS:
             self.server_ready()
         commands, env = self.commands(tool, dst, policy, dry_run)
+        traces = self.workdir / "traces" / f"{tool}-{phase}-{pair}"
+        if self.trace and tool != "skopeo":
+            shutil.rmtree(traces, ignore_errors=True)
+            env = env | {TRACE_DIR_ENV: str(traces)}
         if tool == "skopeo" and phase == "full":
             for cache in SKOPEO_BLOB_INFO_CACHES:
                 cache.unlink(missing_ok=True)
@@ -556,6 +564,11 @@ class Bench:
         note = ""
         if tool != "skopeo":
             note = _regflow_note(m.stdout, dry_run)
+            if self.trace:
+                path = critical_path.summarize_directory(traces)
+                note += f" {path.line()}"
+                (traces / "summary.json").parent.mkdir(parents=True, exist_ok=True)
+                (traces / "summary.json").write_text(json.dumps(asdict(path), indent=1))
             if tool == "regflow-embedded" and (pid := self.resident_pid()) is not None:
                 note += f" resident_server_rss={tree_rss(pid) / 2**20:.0f}MiB"
             # The whole --json answer (tools.log keeps only its tail), for a look with --keep.
@@ -827,6 +840,9 @@ def main() -> int:
     ap.add_argument("--token", action="store_true",
                     help="registries want a bearer token from a token service (behind its own relay "
                          "when remote); every tool logs in")
+    ap.add_argument("--trace", action="store_true",
+                    help="record each regflow run's registry requests: requests per kind and the longest "
+                         "chain of sequential round trips in the notes (benchmarks/critical_path.py)")
     ap.add_argument("--results", type=Path, default=Path("/tmp/regflow-bench-sync.jsonl"),
                     help="every sample is appended here as a JSON line")
     args = ap.parse_args()
@@ -857,7 +873,7 @@ def main() -> int:
           f"{os.cpu_count()} cpus, load {Path('/proc/loadavg').read_text().strip()}; workdir {workdir}",
           flush=True)
     bench = Bench(workdir, tools, args.baseline.resolve() if args.baseline else None,
-                  rtt_ms=args.rtt_ms, mbit=args.mbit, tls=args.tls, token=args.token)
+                  rtt_ms=args.rtt_ms, mbit=args.mbit, tls=args.tls, token=args.token, trace=args.trace)
     started = time.monotonic()
     rc = 1
     try:

@@ -32,6 +32,7 @@ from adapters.bounded import (
     within,
 )
 from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
+from adapters.distribution.trace import RequestTrace
 from adapters.endpoint import Endpoint
 from adapters.errors import (
     AnswerTooLargeError,
@@ -207,6 +208,7 @@ class DistributionClient:
         self.responses: Counter[str] = Counter()
         self.holds = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
+        self.trace = RequestTrace.from_environment(endpoint.host)  # REGFLOW_TRACE_DIR: benchmarks
 
     def _client(self, verify: ssl.SSLContext, timeout: httpx.Timeout, limits: httpx.Limits,
                 transport: httpx.AsyncBaseTransport | None, *, http2: bool) -> httpx.AsyncClient:
@@ -227,6 +229,8 @@ class DistributionClient:
         await self._http.aclose()
         await self._bulk.aclose()
         await self._token_http.aclose()
+        if self.trace is not None:
+            self.trace.write()
 
     async def __aenter__(self) -> DistributionClient:
         return self
@@ -319,14 +323,18 @@ class DistributionClient:
         self.requests_made += 1
         with _transport_errors(method, self._full(url)):
             # Always streamed, so that no body is read before its cap applies.
-            started = time.monotonic()
+            started, sent = time.monotonic(), time.time()
             try:
                 response = await http.send(request, stream=True)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 self.responses["error"] += 1
+                if self.trace is not None:
+                    self.trace.add(sent, method, target.path, type(exc).__name__, bulk=bulk)
                 raise
             if not bulk:
                 self._answered(time.monotonic() - started)
+            if self.trace is not None:
+                self.trace.add(sent, method, target.path, str(response.status_code), bulk=bulk)
             self.responses[str(response.status_code)] += 1
             if self._observer is not None:
                 self.hold_for(self._observer(response))
