@@ -132,6 +132,7 @@ class OciLayoutClient(DistributionClient):
         self.responses: Counter[str] = Counter()  # no HTTP answers: stays empty (tasks/traffic.py)
         self.holds = 0
         self.fastest_answer: float | None = None  # no round trips: blob slots stay as they are
+        self.trace = None  # no requests to trace
         self._observer = None
         self._hold_until = 0.0
         self._locks: dict[Path, asyncio.Lock] = {}

@@ -46,7 +46,7 @@ from tasks.delete import DeleteSpec, delete_manifest, delete_specs
 from tasks.discover import RepositoryTags, Resource, discover
 from tasks.load import LoadedPolicy, load_policy, open_adapters
 from tasks.models import Traffic, TransferResult, TransferSpec
-from tasks.plan import Pins, Plan, PlannedRepository, named, plan_each
+from tasks.plan import Pins, Plan, PlannedRepository, named, plan_each, prefetch_target_tokens
 from tasks.prepare import prepare
 from tasks.prune import PruneReport, prune_after_run
 from tasks.report import FailedImagesReport, build_report
@@ -100,7 +100,7 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
 
     stop = StopSignal()
     async with runtime.watch_cancellation(stop), open_adapters(loaded) as (source, target):
-        found = await discover(source, loaded.policy, resources)
+        found = await _discover(source, target, loaded.policy, resources)
         await prepare(target, named(found, loaded.policy, target), source)
         done = await _plan_and_transfer(source, target, loaded.policy, found, stop, pins)
         logger.info("plan: %d repositories, %d with tags to transfer", len(done.plan.repositories),
@@ -120,6 +120,26 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
     execution.report = build_report(policy, done.plan, done.results, source_host=source.client.host,
                                     target_host=target.client.host, stopped=stop.is_set)
     return await _final(execution, trigger, event_id, retry_of)
+
+
+async def _discover(source: Adapter, target: Adapter, policy: Policy,
+                    resources: list[Resource] | None) -> list[RepositoryTags]:
+    """Discovery, with the target's tokens fetched while the source's tags are listed rather
+    than after them (a few round trips off a remote resync's path)."""
+    warming: list[asyncio.Task[None]] = []
+
+    def selected(names: list[str]) -> None:
+        warming.append(asyncio.create_task(prefetch_target_tokens(target, policy, names)))
+
+    try:
+        found = await discover(source, policy, resources, on_selected=selected)
+    except BaseException:
+        for job in warming:
+            job.cancel()
+        await asyncio.gather(*warming, return_exceptions=True)
+        raise
+    await asyncio.gather(*warming)
+    return found
 
 
 async def _retried(policy: str, retry_of: str | None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -66,13 +66,17 @@ class RepositoryTags(BaseModel):
     referrer_tags: list[str] | None = None
 
 
-async def discover(source: Adapter, policy: Policy,
-                   only: Sequence[Resource] | None = None) -> list[RepositoryTags]:
+async def discover(source: Adapter, policy: Policy, only: Sequence[Resource] | None = None, *,
+                   on_selected: Callable[[list[str]], object] | None = None) -> list[RepositoryTags]:
+    """``on_selected`` hears the selected repositories' names as soon as the catalog gives them,
+    before their tags are listed (the flow starts the target's token fetches then)."""
     names = list(dict.fromkeys(r.repository for r in only)) if only is not None else \
         literal_names(policy.filters)
     listed = [name async for name in source.list_repositories(names)]
     repositories = select_repositories(listed, policy.filters)
     await source.client.prefetch_tokens(repositories, "pull")  # a few token fetches, not one each
+    if on_selected is not None:  # after the source's tokens: both may share one token service
+        on_selected(repositories)
     # Tags an event named, per repository; a resource without a tag means the whole repository.
     whole = {r.repository for r in only or () if r.tag is None}
     wanted_tags: dict[str, list[str]] = {}

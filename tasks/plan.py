@@ -12,7 +12,7 @@ the first while it plans the rest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
@@ -134,6 +134,14 @@ def _named(item: RepositoryTags, policy: Policy, target: Adapter) -> PlannedRepo
                                  error=str(exc), error_class=type(exc).__name__)
 
 
+async def prefetch_target_tokens(target: Adapter, policy: Policy, repositories: Iterable[str]) -> None:
+    """The target's tokens for where these source repositories land, in a few fetches; a name
+    the policy cannot map is left to the plan, which says why."""
+    found = [RepositoryTags(repository=name, tags=[]) for name in repositories]
+    await target.client.prefetch_tokens(
+        (r.target_repository for r in named(found, policy, target).repositories if not r.error), "pull,push")
+
+
 async def make_plan(source: Adapter, target: Adapter, policy: Policy, found: list[RepositoryTags], *,
                     measure: bool = False, pins: Pins | None = None) -> Plan:
     planned: dict[int, PlannedRepository] = {}
@@ -150,9 +158,9 @@ async def plan_each(source: Adapter, target: Adapter, policy: Policy, found: lis
     A tag in ``pins`` is read from the source by that digest, not by its name: a retry copies
     what the first execution planned even if the tag has moved since."""
     # Every target repository's token up front, in a few fetches (the source's came with
-    # discover); then as many requests in flight as the registries' round trip asks for.
-    await target.client.prefetch_tokens(
-        (r.target_repository for r in named(found, policy, target).repositories if not r.error), "pull,push")
+    # discover; the flow asks for the target's already then, and these find them fresh); then
+    # as many requests in flight as the registries' round trip asks for.
+    await prefetch_target_tokens(target, policy, (r.repository for r in found))
     width = widened(PLAN_CONCURRENCY, MAX_PLAN_CONCURRENCY, source.client, target.client)
     slots = asyncio.Semaphore(width)
     repositories = asyncio.Semaphore(PLAN_REPOSITORIES_AT_ONCE * width // PLAN_CONCURRENCY)

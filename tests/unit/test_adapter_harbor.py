@@ -451,3 +451,19 @@ async def test_the_prepare_step_carries_a_harbor_source_projects_visibility_to_a
         PlannedRepository(source_repository="app", target_repository="mirror-plain/app", tags=[])]), plain)
     await plain.aclose()
     assert fake.created == [{"project_name": "mirror-plain", "metadata": {"public": "false"}}]
+
+
+async def test_discover_names_the_selected_repositories_before_listing_their_tags(fake, adapter):
+    seed_signed_app(fake)
+    heard: list[list[str]] = []
+    requests_then: list[int] = []
+
+    def selected(names: list[str]) -> None:  # the flow starts the target's token fetches here
+        heard.append(names)
+        requests_then.append(len(fake.requests))
+
+    found = await discover(adapter, policy(flt("tag", "2.*", "excludes")), on_selected=selected)
+
+    assert heard == [["library/app", "library/other"]]
+    assert requests_then[0] < len(fake.requests)  # the tags were read after it heard
+    assert {f.repository for f in found} == {"library/app", "library/other"}
