@@ -15,6 +15,7 @@ import json
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from adapters.errors import ReplicationError
@@ -37,7 +38,6 @@ TRAFFIC_KEY = "part-traffic-"
 
 
 def part_name() -> str:
-    from prefect.runtime import flow_run
     params = flow_run.parameters
     return f"{params.get('policy', 'replicate')}-part-{params.get('index', 0)}"
 
@@ -56,6 +56,9 @@ async def replicate_part(policy: str, specs: list[TransferSpec], execution: str,
     store = Store()
     try:
         async with runtime.watch_cancellation(stop, execution), open_adapters(loaded) as (source, target):
+            # The execution's tokens stayed in its process: this part's, in a few fetches too.
+            await source.client.prefetch_tokens([s.source_repository for s in specs], "pull")
+            await target.client.prefetch_tokens([s.target_repository for s in specs], "pull,push")
             blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop),
                                mount_probe=target.info.supports_mount,
                                sessions=UploadSessions(target.client.endpoint.url, store))
