@@ -230,15 +230,7 @@ def regflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 async def wait_final(bed: ScaleOutBed, run_id: UUID, seconds: float) -> FlowRun:
-    deadline = time.monotonic() + seconds
-    async with bed.client() as client:
-        while True:
-            run = await client.read_flow_run(run_id)
-            if run.state is not None and run.state.is_final():
-                return run
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"execution {run_id} still {run.state_name} after {seconds:.0f} s")
-            await asyncio.sleep(POLL_SECONDS)
+    return await bed.wait_final(run_id, seconds, POLL_SECONDS)
 
 
 async def read_parts(client: PrefectClient, run_id: UUID) -> list[FlowRun]:

@@ -8,7 +8,6 @@ loses its deployment.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_client
@@ -19,12 +18,11 @@ from prefect.schedules import Cron, Interval, Schedule
 from pydantic import BaseModel
 
 from flows.replicate import replicate
-from flows.spread import WORK_POOL
+from flows.spread import REPO_ROOT, WORK_POOL
 from policies.models import Policy
 
 # Every deployment regflow manages carries this tag, so sync never touches anyone else's.
 MANAGED_TAG = "regflow"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DeploymentSpec(BaseModel):

@@ -62,6 +62,7 @@ PART_PENDING_SECONDS = 90.0
 # which would make a part look like another execution of the policy.
 PART_TAG = "regflow-part"
 PART_OF_TAG = "part-of:"
+# The checkout every deployment regflow makes runs in (the same path on every worker).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Deployments this process has made sure of, by work pool.
 _deployed: set[str] = set()

@@ -107,15 +107,7 @@ def write_config(path: Path, policy: str, src: RegistryProcess, dst: RegistryPro
 
 
 async def finished(bed: ScaleOutBed, run_id: UUID, seconds: float = RUN_SECONDS) -> FlowRun:
-    deadline = time.monotonic() + seconds
-    async with bed.client() as client:
-        while True:
-            run = await client.read_flow_run(run_id)
-            if run.state is not None and run.state.is_final():
-                return run
-            if time.monotonic() > deadline:
-                raise AssertionError(f"flow run {run_id} still {run.state_name} after {seconds:.0f} s")
-            await asyncio.sleep(0.5)
+    return await bed.wait_final(run_id, seconds)
 
 
 async def unfinished_runs(bed: ScaleOutBed) -> list[FlowRun]:

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 from cryptography.fernet import Fernet
 from prefect.client.orchestration import PrefectClient
@@ -380,6 +381,18 @@ class ScaleOutBed:
             policies = store.policies()
         with self.settings():
             return asyncio.run(sync_deployments(policies))
+
+    async def wait_final(self, run_id: UUID, seconds: float, poll: float = 0.5) -> FlowRun:
+        """The flow run once its state is final; RuntimeError after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        async with self.client() as client:
+            while True:
+                run = await client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    return run
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"flow run {run_id} still {run.state_name} after {seconds:.0f} s")
+                await asyncio.sleep(poll)
 
     def machine_of(self, run: FlowRun) -> Machine | None:
         return next((m for m in self.machines if m.ran(run)), None)
