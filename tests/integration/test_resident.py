@@ -9,6 +9,7 @@ import concurrent.futures
 import fcntl
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.prefect_server import AUTH_FILE, IDLE_ENV, read_info
+from flows.prefect_server import AUTH_FILE, CHECK_SECONDS, IDLE_ENV, read_info
 from tests.support.residents import alive
 
 pytestmark = pytest.mark.integration
@@ -28,9 +29,30 @@ IDLE = 4.0
 REPO = Path(__file__).resolve().parents[2]
 
 
+def clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect database with its schema already made, copied into the homes of the tests that
+    are not about a new database: migrating one is most of a first server start."""
+    home = tmp_path_factory.mktemp("migrated-prefect")
+    subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                   env=clean_environment() | {"PREFECT_HOME": str(home)}, check=True, capture_output=True,
+                   timeout=300)
+    return home / "prefect.db"
+
+
+def seeded(prefect_home: Path, database: Path) -> Path:
+    """``prefect_home`` holding a copy of ``database``, as a home that has been used before."""
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(database, prefect_home / "prefect.db")
+    return prefect_home
+
+
 def regflow(home: Path, *args: str, idle: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
-    env |= {"REGFLOW_HOME": str(home), IDLE_ENV: idle}
+    env = clean_environment() | {"REGFLOW_HOME": str(home), IDLE_ENV: idle}
     return subprocess.run([sys.executable, "-m", "regflow_cli.main", *args], env=env, text=True,
                           capture_output=True, timeout=300)
 
@@ -52,9 +74,10 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_one_server_serves_consecutive_calls_while_used_then_leaves(tmp_path: Path) -> None:
+def test_one_server_serves_consecutive_calls_while_used_then_leaves(tmp_path: Path,
+                                                                    migrated_db: Path) -> None:
     home = tmp_path / "home"
-    prefect_home = home / "prefect"
+    prefect_home = seeded(home / "prefect", migrated_db)
 
     first = regflow(home, "executions", "--json", idle=str(IDLE))
     assert first.returncode == 0, first.stderr
@@ -70,7 +93,12 @@ def test_one_server_serves_consecutive_calls_while_used_then_leaves(tmp_path: Pa
     # the server stays however long that takes.
     with (prefect_home / "resident.users").open("ab") as users:
         fcntl.flock(users, fcntl.LOCK_SH)
-        time.sleep(IDLE * 2.5)
+        # As long as a watcher deaf to the lock would take to begin its stop (the idle time
+        # since the last use, then its next check), and one check more; its first step is
+        # removing resident.json.
+        last_use = (prefect_home / "resident.users").stat().st_mtime
+        time.sleep(max(0.0, last_use + IDLE + 2 * CHECK_SECONDS - time.time()))
+        assert read_info(prefect_home) == info
         assert alive(info.pid)
         assert httpx.get(f"{info.api_url}/health", timeout=5).status_code == 200
     os.utime(prefect_home / "resident.users")  # the idle clock starts when the last user leaves
@@ -82,7 +110,7 @@ def test_one_server_serves_consecutive_calls_while_used_then_leaves(tmp_path: Pa
 
 
 def test_the_resident_needs_its_auth_string_and_its_files_are_private(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    home = tmp_path / "home"  # not seeded: the database checked below is the one the server makes
     prefect_home = home / "prefect"
     done = regflow(home, "executions", "--json", idle="60")
     assert done.returncode == 0, done.stderr
@@ -111,8 +139,9 @@ def test_the_resident_needs_its_auth_string_and_its_files_are_private(tmp_path: 
     assert auth_file.read_text().strip() == auth
 
 
-def test_zero_idle_means_no_resident_and_bad_values_are_refused(tmp_path: Path) -> None:
+def test_zero_idle_means_no_resident_and_bad_values_are_refused(tmp_path: Path, migrated_db: Path) -> None:
     home = tmp_path / "home"
+    seeded(home / "prefect", migrated_db)
     off = regflow(home, "executions", "--json", idle="0")
     assert off.returncode == 0, off.stderr
     assert read_info(home / "prefect") is None
@@ -143,9 +172,9 @@ RACE_SECONDS = 240.0
 RACE_STOPS = 3  # watchers seen: the calls spanned at least this many starts and stops
 
 
-def test_calls_arriving_while_the_resident_stops_get_a_live_server(tmp_path: Path) -> None:
-    prefect_home = tmp_path / "prefect"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
+def test_calls_arriving_while_the_resident_stops_get_a_live_server(tmp_path: Path, migrated_db: Path) -> None:
+    prefect_home = seeded(tmp_path / "prefect", migrated_db)
+    env = clean_environment()
 
     def user() -> dict:
         done = subprocess.run([sys.executable, "-c", USER, str(prefect_home), str(RACE_IDLE)], env=env,
@@ -179,14 +208,13 @@ def test_calls_arriving_while_the_resident_stops_get_a_live_server(tmp_path: Pat
     assert all(wait_until(lambda pid=pid: not alive(pid), 30) for pid in watchers)
 
 
-def test_serve_and_the_cli_share_one_server_that_leaves_with_serve(tmp_path: Path) -> None:
+def test_serve_and_the_cli_share_one_server_that_leaves_with_serve(tmp_path: Path, migrated_db: Path) -> None:
     from tests.support.registry import free_port
 
     home = tmp_path / "home"
-    prefect_home = home / "prefect"
+    prefect_home = seeded(home / "prefect", migrated_db)
     prefect_port, webhook_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REGFLOW_"))}
-    env |= {"REGFLOW_HOME": str(home), IDLE_ENV: "600"}
+    env = clean_environment() | {"REGFLOW_HOME": str(home), IDLE_ENV: "600"}
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         serve = subprocess.Popen([sys.executable, "-m", "regflow_cli.main", "serve", "--prefect-port",

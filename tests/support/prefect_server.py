@@ -17,6 +17,9 @@ from tests.support.registry import free_port
 class PrefectServer(LocalPrefectServer):
     def __init__(self) -> None:
         super().__init__(Path(tempfile.mkdtemp(prefix="regflow-prefect-")), free_port())
+        # Expired concurrency leases (a killed run's registry slot) are freed ~1 s after their
+        # 60 s floor instead of up to 15 s later: the zombie test waits for exactly that.
+        self.process_env.setdefault("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "1")
 
     def env(self) -> dict[str, str]:
         """Environment for a client process of this server."""
