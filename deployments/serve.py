@@ -106,7 +106,7 @@ class Service:
 
     async def keep_deployments_current(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(ConfigError):
+            try:
                 policies = self.store.policies()
                 fingerprint = hashlib.sha256(json.dumps(
                     [spec_for(p).model_dump() for p in policies], sort_keys=True,
@@ -116,6 +116,11 @@ class Service:
                     self._fingerprint = fingerprint
                     print(f"deployments: applied {report.applied or '-'}, deleted {report.deleted or '-'}",
                           flush=True)
+            except ConfigError:
+                pass  # a store being written: the next pass reads it whole
+            except Exception as exc:  # Prefect busy or away: this pass is lost, the loop must not be
+                print(f"deployments: not synced ({type(exc).__name__}: {str(exc)[:200]}); "
+                      f"trying again in {self.sync_seconds:g} s", flush=True)
             await self._pause(self.sync_seconds)
 
     async def _pause(self, seconds: float) -> None:
