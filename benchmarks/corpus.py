@@ -77,6 +77,7 @@ class Shape:
     seed: int = 1
     latest: bool = True
     stream_layer_mib: int = 0  # >0: one raw streamed layer of this size instead of tar layers
+    base_depth: int = 1  # layers in each shared base: a FROM image of several layers, not one
 
 
 SHAPES: dict[str, Shape] = {
@@ -89,6 +90,13 @@ SHAPES: dict[str, Shape] = {
         Shape("medium", repos=50, tags=5, layers=3, layer_kib="16-3072", repo_layers=1,
               shared_base=6, base_kib="8192", seed=2),
         Shape("manysmall", repos=300, tags=2, layers=2, layer_kib="4", base_kib="16", seed=3),
+        # Issue 21's corpora the project was not tuned on: a few repositories of big layers, and
+        # every image on one of three deep bases (eight shared layers each, like FROM a distro
+        # image plus a runtime), so most of the bytes are blobs that every repository mounts.
+        Shape("fewbig", repos=4, tags=3, layers=3, layer_kib="2048-32768", repo_layers=1,
+              shared_base=2, base_kib="16384", every=4, seed=8),
+        Shape("deepbase", repos=40, tags=4, layers=2, layer_kib="32-1024", repo_layers=1,
+              shared_base=3, base_kib="256-8192", base_depth=8, seed=6),
         Shape("huge", repos=1, tags=1, layers=0, layer_kib="0", shared_base=0, every=0, seed=4,
               latest=False, stream_layer_mib=1024),
     )
@@ -165,9 +173,9 @@ def build_plan(shape: Shape) -> list[RepoPlan]:
             images = []
             for arch, variant in PLATFORMS if multi else PLATFORMS[:1]:
                 layers: list[LayerPlan] = []
-                if base is not None:
-                    ident = f"base/{arch}/{base}"
-                    layers.append(LayerPlan(ident, _pick_kib(shape.base_kib, shape.seed, ident, 0)))
+                for depth in range(shape.base_depth if base is not None else 0):
+                    ident = f"base/{arch}/{base}" + (f"/{depth}" if depth else "")
+                    layers.append(LayerPlan(ident, _pick_kib(shape.base_kib, shape.seed, ident, depth)))
                 for p in range(shape.layers):
                     ident = f"repo/{i}/{arch}/{p}" if p < shape.repo_layers else f"img/{i}/{t}/{arch}/{p}"
                     layers.append(LayerPlan(ident, _pick_kib(shape.layer_kib, shape.seed, ident, p)))

@@ -1,7 +1,8 @@
 """regflow beside ``skopeo sync``: whole-registry copies between local CNCF distribution
 registries, in one invocation, with a fresh empty target for every full copy.
 
-    uv run python -m benchmarks.sync --corpus small --pairs 3     # also medium, manysmall, huge
+    uv run python -m benchmarks.sync --corpus small --pairs 3     # also medium, manysmall, fewbig,
+                                                                  # deepbase, huge
     uv run python -m benchmarks.sync --smoke                 # 1 pair, 3 repositories, < 60 s
     uv run python -m benchmarks.sync --scale 2000            # discover + plan of a no-change resync
     uv run python -m benchmarks.sync --corpus medium --estimate
@@ -44,7 +45,9 @@ embedded mode: its Prefect start would take the smoke past a minute on a loaded 
 
 ``--scale N``: N repositories x 5 tags (+ latest) of tiny images; the target is a copy of the
 source's storage, so every tag is identical; times ``regflow replicate --dry-run --json``
-(exactly discover + plan) ``--pairs`` times, then one real no-change ``replicate`` (embedded).
+(exactly discover + plan) ``--pairs`` times, then, with ``--tools regflow-embedded``, one real
+no-change ``replicate`` through the flow. ``--seed-cache DIR`` keeps the seeded storage for the
+next run of the same N; ``benchmarks/scale_plot.py`` draws the growth from the results file.
 
 Measured per run: wall seconds; CPU seconds of the copier (its rusage from wait4, reaped
 children included) and of the source registry, the target registry and the Prefect server
@@ -767,12 +770,35 @@ def print_report(bench: Bench, shape: corpus.Shape, pairs: int, skopeo_groups: i
                   f"{_compact(Counter(sample.dst_mix))}")
 
 
-def scale_mode(bench: Bench, repos: int, pairs: int) -> int:
-    shape = corpus.scale_shape(repos)
-    src = bench.start_source()
+def _seed_scale(bench: Bench, shape: corpus.Shape, cache: Path | None) -> RegistryProcess:
+    """The source registry with the scale corpus: pushed, or its storage copied from ``cache``
+    (pushing 10,000 repositories takes longer than the runs timed on them, and needs no quiet
+    machine: seed once, time later)."""
+    src = bench.src = bench.new_registry()
+    kept = cache / shape.name if cache is not None else None
+    if kept is not None and (kept / "seeded.json").is_file():
+        # Hard links: the source is only read, so the kept files stay as they are, and 72,000
+        # small files link in seconds where copying them takes minutes.
+        subprocess.run(["cp", "-al", f"{kept}/storage/.", str(src.data_dir)], check=True)
+        src.start()
+        bench.seeded = corpus.Seeded(**json.loads((kept / "seeded.json").read_text()))
+        print(f"  {bench.seeded.describe()}; storage copied from {kept}", flush=True)
+        return src
+    src.start()
     print(f"seeding {shape.name} ({corpus.estimate(shape)}) ...", flush=True)
     bench.seeded = corpus.seed(src.url, shape, verify=bench.trust(src), auth=bench.client_auth())
     print(f"  {bench.seeded.describe()}; pushed in {bench.seeded.seconds:.1f} s", flush=True)
+    if kept is not None:
+        (kept / "storage").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", f"{src.data_dir}/.", str(kept / "storage")], check=True)
+        (kept / "seeded.json").write_text(json.dumps(bench.seeded.to_json()))
+        print(f"  storage kept in {kept} for the next --seed-cache run", flush=True)
+    return src
+
+
+def scale_mode(bench: Bench, repos: int, pairs: int, cache: Path | None = None) -> int:
+    shape = corpus.scale_shape(repos)
+    src = _seed_scale(bench, shape, cache)
     dst = bench.new_registry()
     try:
         # An identical target without a second push: the filesystem storage copied as it is.
@@ -824,6 +850,9 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="1 pair on a 3-repository corpus, no warm-up: checks the harness, claims no timing")
     ap.add_argument("--scale", type=int, metavar="N", help="N repositories x 5 tags: discover + plan")
+    ap.add_argument("--seed-cache", type=Path, metavar="DIR",
+                    help="with --scale: keep the seeded source storage in DIR/scale-N and reuse it "
+                         "(the storage is the same over https or with tokens)")
     ap.add_argument("--estimate", action="store_true", help="print the corpus sizes; push nothing")
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run per regflow mode")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a new one under /tmp)")
@@ -878,7 +907,7 @@ def main() -> int:
     rc = 1
     try:
         if args.scale:
-            rc = scale_mode(bench, args.scale, pairs)
+            rc = scale_mode(bench, args.scale, pairs, args.seed_cache)
         else:
             rc = sync_mode(bench, shape, pairs, warmup=not (args.smoke or args.no_warmup))
     finally:

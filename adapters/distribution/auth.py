@@ -43,6 +43,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from adapters.bounded import read_capped, within
+from adapters.distribution.trace import RequestTrace
 from adapters.errors import AuthenticationError, TransportError
 
 SCOPES_EXTENSION = "regflow.scopes"
@@ -196,6 +197,7 @@ class RegistryAuth(httpx.Auth):
         # resource ("repository:a/b") -> a prefetched token asked for it, and with which actions
         self._shared: dict[str, tuple[frozenset[str], _Token]] = {}
         self.token_fetches = 0  # for tests and benchmarks: how often we asked the realm
+        self.trace: RequestTrace | None = None  # the client's request trace, when benchmarks ask
         self.credential_fetches = 0  # how often the credential provider was asked
 
     def __repr__(self) -> str:
@@ -404,9 +406,15 @@ class RegistryAuth(httpx.Auth):
             headers = {"Authorization": credentials.basic_header()} if credentials is not None else {}
             request = self._token_client.build_request("GET", realm, params=params, headers=headers)
         token_host = request.url.netloc.decode()
+        sent, answered = time.time(), "error"
         try:
             async with within(what=f"token service {token_host}"):
-                response = await self._token_client.send(request, stream=True)
+                try:
+                    response = await self._token_client.send(request, stream=True)
+                    answered = str(response.status_code)
+                finally:
+                    if self.trace is not None:
+                        self.trace.add(sent, request.method, "", answered, bulk=False, kind="token")
                 try:
                     self._check_token_status(response, realm)
                     raw = await read_capped(response, MAX_TOKEN_RESPONSE_BYTES,

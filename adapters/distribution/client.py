@@ -209,6 +209,7 @@ class DistributionClient:
         self.holds = 0
         self._hold_until = 0.0  # time.monotonic() before which no request goes out (Retry-After)
         self.trace = RequestTrace.from_environment(endpoint.host)  # REGFLOW_TRACE_DIR: benchmarks
+        self.auth.trace = self.trace
 
     def _client(self, verify: ssl.SSLContext, timeout: httpx.Timeout, limits: httpx.Limits,
                 transport: httpx.AsyncBaseTransport | None, *, http2: bool) -> httpx.AsyncClient:

@@ -33,7 +33,7 @@ _KINDS = (
 
 def request_kind(path: str) -> str:
     """What a registry request path asks for: ping, catalog, tags, manifest, upload, blob,
-    referrers, or other (a vendor's own API)."""
+    referrers, or other (a vendor's own API). Token fetches are traced as ``token``."""
     for pattern, kind in _KINDS:
         if pattern.search(path):
             return kind
@@ -71,9 +71,11 @@ class RequestTrace:
         directory = os.environ.get(TRACE_DIR_ENV, "").strip()
         return cls(Path(directory), host) if directory else None
 
-    def add(self, started: float, method: str, path: str, status: str, *, bulk: bool) -> None:
-        self.requests.append(TracedRequest(started, time.time(), self.host, method, request_kind(path),
-                                           status, bulk))
+    def add(self, started: float, method: str, path: str, status: str, *, bulk: bool,
+            kind: str | None = None) -> None:
+        """``kind``: for a request whose path says nothing (a token service's realm is any URL)."""
+        self.requests.append(TracedRequest(started, time.time(), self.host, method,
+                                           kind or request_kind(path), status, bulk))
 
     def write(self) -> Path | None:
         """One file per client: ``<pid>-<host>-<id>.tsv``. A trace that cannot be written is

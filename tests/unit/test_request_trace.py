@@ -73,3 +73,28 @@ def test_the_longest_chain_follows_answers_not_overlaps() -> None:
     assert path.by_kind == {"r GET blob": 1, "r GET catalog": 1, "r GET manifest": 1, "r GET tags": 3}
     assert path.span_seconds == pytest.approx(3.5)
     assert summarize([]).longest_chain == 0
+
+
+def challenging(request: httpx.Request) -> httpx.Response:
+    """A registry that wants a bearer token, and its token service on another host."""
+    if request.url.host == "auth.test":
+        return httpx.Response(200, json={"token": "t0k", "expires_in": 300})
+    if request.headers.get("Authorization") != "Bearer t0k":
+        return httpx.Response(401, headers={
+            "WWW-Authenticate": 'Bearer realm="http://auth.test/token",service="registry.test"'})
+    return httpx.Response(200, json={"name": "team/app", "tags": ["1.0"]})
+
+
+async def test_token_fetches_are_in_the_trace_inside_the_request_they_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TRACE_DIR_ENV, str(tmp_path / "traces"))
+    async with DistributionClient(Endpoint(url="http://registry.test"),
+                                  transport=httpx.MockTransport(challenging)) as client:
+        assert await client.list_tags("team/app") == ["1.0"]
+
+    tags, token = sorted(read_traces(tmp_path / "traces"), key=lambda r: r.start)
+    assert (tags.method, tags.kind, tags.status) == ("GET", "tags", "200")
+    assert (token.method, token.kind, token.status, token.host) == ("GET", "token", "200", "registry.test")
+    # A registry request is traced from its first send to its final answer, so the challenge's
+    # token fetch lies within it: the time it held the request is visible, not hidden.
+    assert tags.start <= token.start <= token.end <= tags.end
