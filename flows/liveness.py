@@ -205,12 +205,19 @@ async def crash_if_silent(client: PrefectClient, run: FlowRun, seen_by: str | No
     """True when ``run``, Running as far as the server knows, has gone silent and is now
     Crashed (by this call or a moment earlier by the automation)."""
     heard = await last_heartbeat(client, run)
+    never = heard is None
+    if never:
+        # A process killed between Running and its first heartbeat (while starting) sent none:
+        # the automation, which waits for a heartbeat's successor, never judges it. Its silence
+        # counts from when it went Running.
+        heard = run.state.timestamp if run.state is not None and run.state.type == StateType.RUNNING else None
     if heard is None or datetime.now(UTC) - heard < timedelta(seconds=SILENCE_SECONDS):
         return False
     silent = int((datetime.now(UTC) - heard).total_seconds())
     by = f" (noticed by execution {seen_by})" if seen_by else ""
+    what = f"no heartbeat in {silent} s since it started" if never else f"no heartbeat for {silent} s"
     result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(
-        message=f"no heartbeat for {silent} s: the process running this execution died{by}"))
+        message=f"{what}: the process running this execution died{by}"))
     state = result.state or (await client.read_flow_run(run.id)).state
     crashed = state is not None and state.type != StateType.RUNNING
     if state is not None and crashed:
