@@ -201,12 +201,15 @@ async def last_heartbeat(client: PrefectClient, run: FlowRun) -> datetime | None
     return page.events[0].occurred
 
 
-async def crash_if_silent(client: PrefectClient, run: FlowRun, seen_by: str | None = None) -> bool:
+async def crash_if_silent(client: PrefectClient, run: FlowRun, seen_by: str | None = None, *,
+                          unheard_is_silent: bool = False) -> bool:
     """True when ``run``, Running as far as the server knows, has gone silent and is now
-    Crashed (by this call or a moment earlier by the automation)."""
+    Crashed (by this call or a moment earlier by the automation). A run never heard of is
+    left alone (an older regflow, a server keeping no events) unless ``unheard_is_silent``:
+    the caller knows the server keeps heartbeats and that this run sends them."""
     heard = await last_heartbeat(client, run)
     never = heard is None
-    if never:
+    if never and unheard_is_silent:
         # A process killed between Running and its first heartbeat (while starting) sent none:
         # the automation, which waits for a heartbeat's successor, never judges it. Its silence
         # counts from when it went Running.

@@ -175,18 +175,25 @@ async def _wait(client: PrefectClient, ids: list[UUID], stop: StopSignal) -> lis
     stopping = False
     listened = time.monotonic()
     restarts: dict[UUID, int] = {}
+    # Whether this server keeps heartbeats: once the execution's own are on record, a part
+    # (which beats from its first moment, as the execution does) that never beat has died.
+    kept = False
     while True:
         runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
         if time.monotonic() - listened > liveness.HEARTBEAT_SECONDS:
             # The server's automation crashes a silent part; this catches one on a server
-            # whose triggers service is off or behind, as single_active_replication does.
+            # whose triggers service is off or behind, as single_active_replication does, and
+            # one that died starting, before its first heartbeat, which the automation never judges.
             listened = time.monotonic()
+            kept = kept or await liveness.last_heartbeat(
+                client, await client.read_flow_run(UUID(flow_run.id))) is not None
             for run in runs:
                 # Judged only once this attempt has run a whole window: a part started again
                 # has not beaten yet, and its last heartbeat is the lost attempt's.
                 if run.state is not None and run.state.type == StateType.RUNNING \
                         and _age(run.state) > liveness.SILENCE_SECONDS:
-                    await liveness.crash_if_silent(client, run, seen_by=str(flow_run.id))
+                    await liveness.crash_if_silent(client, run, seen_by=str(flow_run.id),
+                                                   unheard_is_silent=kept)
         if stop.is_set and not stopping:
             stopping = True
             for run in runs:

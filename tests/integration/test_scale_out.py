@@ -27,6 +27,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
@@ -75,6 +77,8 @@ LAYER_BYTES = 150_000
 SPEED = 1800
 # The acceptance bound: a stop reaches every machine's transfers within this.
 STOP_SECONDS = 5.0
+# A transfer's closing log line, which names the machine it ran on (flows/transfers.py).
+TRANSFER_LINE = re.compile(r" bytes, on (\S+)$")
 
 SPREAD_CONFIG = """\
 version: 1
@@ -229,7 +233,7 @@ def test_a_spread_execution_loses_a_machine_and_still_succeeds_byte_exact(
     # Where each transfer ran, the lost machine's included: their log lines name it.
     with bed.settings():
         lines = asyncio.run(read_logs(str(started.id)))
-    machines = {m.group(1) for line in lines if (m := re.search(r" bytes, on (\S+)$", line.message))}
+    machines = {m.group(1) for line in lines if (m := TRANSFER_LINE.search(line.message))}
     assert lost.name in machines and len(machines) >= 2, machines
     assert all(t.row.get("machine") in {m.name for m in bed.machines} for t in tasks)
     # The transfers the lost machine was running when it died do not stay Running either.
@@ -279,13 +283,18 @@ def test_stopping_a_spread_execution_stops_every_machines_transfers(
 
 
 async def first_transfer_done(bed: ScaleOutBed, part_id: UUID, seconds: float = 60.0) -> None:
+    """A transfer of the part Completed and its log line (naming the machine) on the server:
+    a state is sent at once, log lines in batches, so a kill right after the state could lose
+    the line the test later looks for."""
     deadline = time.monotonic() + seconds
     async with bed.client() as client:
         while time.monotonic() < deadline:
             task_runs = await client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[part_id])))
             if any(t.state_type == StateType.COMPLETED for t in task_runs):
-                return
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[part_id])))
+                if any(TRANSFER_LINE.search(log.message) for log in logs):
+                    return
             await asyncio.sleep(0.2)
     raise AssertionError(f"part {part_id} finished no transfer in {seconds:.0f} s")
 

@@ -1,6 +1,7 @@
-"""Which Running runs `crash_if_silent` judges dead: one whose heartbeats stopped, and one that
-died between going Running and its first heartbeat (Prefect's automation waits for a heartbeat's
-successor, so it never judges that one). A client stand-in answers the two calls it makes."""
+"""Which Running runs `crash_if_silent` judges dead: one whose heartbeats stopped, and, when the
+caller knows the server keeps heartbeats (a spread execution's parts), one that died between
+going Running and its first heartbeat, which Prefect's automation (waiting for a heartbeat's
+successor) never judges. A client stand-in answers the two calls it makes."""
 
 from __future__ import annotations
 
@@ -35,18 +36,26 @@ def running_for(seconds: float) -> FlowRun:
                    state=State(type=StateType.RUNNING, name="Running", timestamp=since))
 
 
-@pytest.mark.parametrize(("heartbeat_age", "running", "crashed", "says"), [
-    (None, liveness.SILENCE_SECONDS + 5, True, "no heartbeat in"),       # died while starting
-    (None, liveness.SILENCE_SECONDS - 5, False, ""),                      # still starting
-    (liveness.SILENCE_SECONDS + 5, 600, True, "no heartbeat for"),       # its beats stopped
-    (1, 600, False, ""),                                                  # alive
+SILENCE = liveness.SILENCE_SECONDS
+
+
+@pytest.mark.parametrize(("heartbeat_age", "running", "unheard_is_silent", "crashed", "says"), [
+    (None, SILENCE + 5, True, True, "no heartbeat in"),      # a part that died while starting
+    (None, SILENCE - 5, True, False, ""),                    # a part still starting
+    (None, SILENCE + 5, False, False, ""),                   # never heard of: an older regflow's run
+    (SILENCE + 5, 600, False, True, "no heartbeat for"),     # its beats stopped
+    (1, 600, True, False, ""),                               # alive
 ])
-async def test_silent_runs_are_crashed_live_ones_are_not(
-        heartbeat_age: float | None, running: float, crashed: bool, says: str) -> None:
+async def test_silent_runs_are_crashed_live_and_unheard_ones_are_not(
+        heartbeat_age: float | None, running: float, unheard_is_silent: bool, crashed: bool,
+        says: str) -> None:
     heard = None if heartbeat_age is None else datetime.now(UTC) - timedelta(seconds=heartbeat_age)
     server = Server(heard)
 
-    assert await liveness.crash_if_silent(server, running_for(running)) is crashed  # type: ignore[arg-type]
+    judged = await liveness.crash_if_silent(server, running_for(running),  # type: ignore[arg-type]
+                                            unheard_is_silent=unheard_is_silent)
+
+    assert judged is crashed
 
     assert [s.type for s in server.set] == ([StateType.CRASHED] if crashed else [])
     if crashed:
