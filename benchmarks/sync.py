@@ -782,7 +782,7 @@ def _seed_scale(bench: Bench, shape: corpus.Shape, cache: Path | None) -> Regist
         subprocess.run(["cp", "-al", f"{kept}/storage/.", str(src.data_dir)], check=True)
         src.start()
         bench.seeded = corpus.Seeded(**json.loads((kept / "seeded.json").read_text()))
-        print(f"  {bench.seeded.describe()}; storage copied from {kept}", flush=True)
+        print(f"  {bench.seeded.describe()}; storage hard-linked from {kept}", flush=True)
         return src
     src.start()
     print(f"seeding {shape.name} ({corpus.estimate(shape)}) ...", flush=True)
