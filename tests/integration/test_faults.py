@@ -411,12 +411,17 @@ async def test_target_killed_mid_blob_fails_every_unfinished_tag_then_a_second_r
             assert outcome.transient
 
     dst.start()  # same port, same storage
-    assert tags_on(dst, "app/crash") == finished  # no manifest was pushed for an unfinished tag
+    landed = tags_on(dst, "app/crash")
+    # The big tag's blob never completed, so its manifest was never pushed. The small 2.0's
+    # manifest PUT may have reached the registry with its answer lost to the kill: then it is
+    # there although this run could only report it failed.
+    assert "1.0" not in landed
+    assert set(finished) <= set(landed) <= {"2.0"}
 
     second = await copy(src, dst, "app/crash", ["1.0", "2.0"])
 
     assert second.status == "Succeeded", second.error
-    assert [t.status for t in second.tags] == ["copied", "skipped" if finished else "copied"]
+    assert [t.status for t in second.tags] == ["copied", "skipped" if landed else "copied"]
     assert tags_on(dst, "app/crash") == ["1.0", "2.0"]
     verify_with_skopeo(dst, big, tmp_path)
     for child in small.image.children:
