@@ -45,6 +45,7 @@ import httpx
 from pydantic import ValidationError
 
 from adapters.base import AdapterInfo, Health
+from adapters.distribution.auth import finished
 from adapters.distribution.client import (
     CATALOG_PAGE_SIZE,
     STREAM_CHUNK_BYTES,
@@ -197,6 +198,13 @@ class OciLayoutClient(DistributionClient):
     async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
         """No tokens for a directory."""
         del repositories, actions
+
+    async def start_prefetch_tokens(self, repositories: Iterable[str], actions: str) -> asyncio.Future[None]:
+        del repositories, actions
+        return finished()
+
+    async def learn_realm(self) -> None:
+        """No token service for a directory."""
 
     async def ping(self) -> int:
         """200 when the root is a directory regflow can read, or can be created. Writability is

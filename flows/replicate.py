@@ -125,20 +125,24 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
 async def _discover(source: Adapter, target: Adapter, policy: Policy,
                     resources: list[Resource] | None) -> list[RepositoryTags]:
     """Discovery, with the target's tokens fetched while the source's tags are listed rather
-    than after them (a few round trips off a remote resync's path)."""
-    warming: list[asyncio.Task[None]] = []
+    than after them, and its token service learnt (its connection opened) while the source's
+    catalog is read: a few round trips off a remote resync's path."""
+    warming: list[asyncio.Task[None]] = [asyncio.create_task(target.client.learn_realm())]
+    ended = False
 
     def selected(names: list[str]) -> None:
-        warming.append(asyncio.create_task(prefetch_target_tokens(target, policy, names)))
+        if not ended:  # a late call after discovery failed starts nothing
+            warming.append(asyncio.create_task(prefetch_target_tokens(target, policy, names)))
 
     try:
         found = await discover(source, policy, resources, on_selected=selected)
     except BaseException:
+        ended = True
         for job in warming:
             job.cancel()
         await asyncio.gather(*warming, return_exceptions=True)
         raise
-    await asyncio.gather(*warming)
+    await asyncio.gather(*warming)  # the fetches are under way; each request waits for its own
     return found
 
 

@@ -74,8 +74,9 @@ async def discover(source: Adapter, policy: Policy, only: Sequence[Resource] | N
         literal_names(policy.filters)
     listed = [name async for name in source.list_repositories(names)]
     repositories = select_repositories(listed, policy.filters)
-    await source.client.prefetch_tokens(repositories, "pull")  # a few token fetches, not one each
-    if on_selected is not None:  # after the source's tokens: both may share one token service
+    # A few token fetches, not one each; each tag list waits for its own batch's token only.
+    tokens = await source.client.start_prefetch_tokens(repositories, "pull")
+    if on_selected is not None:
         on_selected(repositories)
     # Tags an event named, per repository; a resource without a tag means the whole repository.
     whole = {r.repository for r in only or () if r.tag is None}
@@ -129,6 +130,7 @@ async def discover(source: Adapter, policy: Policy, only: Sequence[Resource] | N
                               referrer_tags=every and [t for t in every if is_referrer_tag(t)])
 
     found = await asyncio.gather(*(tags_of(r) for r in sorted(set(repositories))))
+    await tokens  # ended already unless a batch's repositories had no tag to list
     return [f for f in found if f.tags]
 
 

@@ -135,10 +135,11 @@ def _named(item: RepositoryTags, policy: Policy, target: Adapter) -> PlannedRepo
 
 
 async def prefetch_target_tokens(target: Adapter, policy: Policy, repositories: Iterable[str]) -> None:
-    """The target's tokens for where these source repositories land, in a few fetches; a name
-    the policy cannot map is left to the plan, which says why."""
+    """The target's tokens for where these source repositories land, in a few fetches, under
+    way when this returns (a request waits for its own batch); a name the policy cannot map is
+    left to the plan, which says why."""
     found = [RepositoryTags(repository=name, tags=[]) for name in repositories]
-    await target.client.prefetch_tokens(
+    await target.client.start_prefetch_tokens(
         (r.target_repository for r in named(found, policy, target).repositories if not r.error), "pull,push")
 
 

@@ -38,6 +38,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -196,6 +198,10 @@ class RegistryAuth(httpx.Auth):
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
         # resource ("repository:a/b") -> a prefetched token asked for it, and with which actions
         self._shared: dict[str, tuple[frozenset[str], _Token]] = {}
+        # resource -> a prefetch under way that asked for it: a request for it waits for that
+        # fetch instead of starting one of its own (the tokens arrive batch by batch).
+        self._pending: dict[str, tuple[frozenset[str], asyncio.Task[_Token]]] = {}
+        self._under_way: set[asyncio.Future[Any]] = set()  # held here: the loop keeps weak references
         self.token_fetches = 0  # for tests and benchmarks: how often we asked the realm
         self.trace: RequestTrace | None = None  # the client's request trace, when benchmarks ask
         self.credential_fetches = 0  # how often the credential provider was asked
@@ -209,7 +215,7 @@ class RegistryAuth(httpx.Auth):
         self._provider = provider
         self._provided = None
         self._tokens.clear()
-        self._shared.clear()
+        self._forget_prefetched()
 
     def learn_challenge(self, response: httpx.Response) -> None:
         """The registry's own 401 to an anonymous request names its token service: remember it,
@@ -233,16 +239,66 @@ class RegistryAuth(httpx.Auth):
         trip each, on the path of that repository's first request). A request whose scopes one
         such token was asked for uses it; a registry that refuses it (the token service granted
         less than asked) gets a token of its own, as without prefetch."""
+        await self.start_prefetch(scopes)
+
+    def start_prefetch(self, scopes: Sequence[str]) -> asyncio.Future[None]:
+        """``prefetch``, returning as soon as the fetches are under way: a request that needs
+        one of these scopes meanwhile waits for its batch's token, not for every batch. The
+        future is done when every batch is (a failed batch leaves its scopes to the requests)."""
         if not self.knows_realm:
-            return
-        wanted = [s for s in dict.fromkeys(normalize_scope(s) for s in scopes) if self._covering((s,)) is None
+            return finished()
+        wanted = [s for s in dict.fromkeys(normalize_scope(s) for s in scopes)
+                  if self._covering((s,)) is None and self._pending_for((s,)) is None
                   and not self._fresh_exact((s,))]
         batches = [tuple(wanted[i:i + TOKEN_SCOPES_PER_FETCH])
                    for i in range(0, len(wanted), TOKEN_SCOPES_PER_FETCH)]
-        for batch, token in zip(batches, await asyncio.gather(*map(self._token_for, batches)), strict=True):
-            for scope in batch:
-                resource, _, actions = scope.rpartition(":")
-                self._shared[resource] = (frozenset(actions.split(",")), token)
+        if not batches:
+            return finished()
+        fetches = []
+        for batch in batches:
+            fetch = asyncio.ensure_future(self._token_for(batch))
+            grants = {resource: frozenset(actions.split(","))
+                      for resource, _, actions in (scope.rpartition(":") for scope in batch)}
+            for resource, actions in grants.items():
+                self._pending[resource] = (actions, fetch)
+            fetch.add_done_callback(partial(self._prefetched, grants))
+            fetches.append(fetch)
+        settled = asyncio.ensure_future(_settled(fetches))
+        for future in (*fetches, settled):
+            self._under_way.add(future)
+            future.add_done_callback(self._under_way.discard)
+        return settled
+
+    async def aclose(self) -> None:
+        """End the prefetches still under way (their client is closing)."""
+        for future in list(self._under_way):
+            future.cancel()
+        await asyncio.gather(*self._under_way, return_exceptions=True)
+
+    def _prefetched(self, grants: dict[str, frozenset[str]], fetch: asyncio.Task[_Token]) -> None:
+        for resource, actions in grants.items():
+            if self._pending.get(resource, (None, None))[1] is not fetch:
+                continue  # forgotten meanwhile (new credentials, another token service)
+            del self._pending[resource]
+            if not fetch.cancelled() and fetch.exception() is None:
+                self._shared[resource] = (actions, fetch.result())
+
+    def _pending_for(self, scopes: tuple[str, ...]) -> asyncio.Task[_Token] | None:
+        """The one prefetch under way that asked for every scope of a request, if any."""
+        found: asyncio.Task[_Token] | None = None
+        for scope in scopes:
+            resource, _, actions = scope.rpartition(":")
+            entry = self._pending.get(resource)
+            if entry is None or not set(actions.split(",")) <= entry[0]:
+                return None
+            if found is not None and entry[1] is not found:
+                return None
+            found = entry[1]
+        return found
+
+    def _forget_prefetched(self) -> None:
+        self._shared.clear()
+        self._pending.clear()  # their fetches still end, but nothing waits for them any more
 
     def _fresh_exact(self, scopes: tuple[str, ...]) -> bool:
         token = self._tokens.get(scopes)
@@ -330,7 +386,7 @@ class RegistryAuth(httpx.Auth):
                                           url=str(response.url.copy_with(query=None)))
             if self._bearer is not None and _realm_of(self._bearer) != _realm_of(challenge):
                 self._tokens.clear()  # tokens of another token service are not for this one
-                self._shared.clear()
+                self._forget_prefetched()
             self._bearer = challenge
             # The registry may ask for a different scope than we guessed: ask for both.
             wanted = challenge.params.get("scope")
@@ -359,6 +415,13 @@ class RegistryAuth(httpx.Auth):
             token = None
         if token is None and scopes:
             token = self._covering(scopes)
+        if token is None and fetch and scopes and (under_way := self._pending_for(scopes)) is not None:
+            # Its batch is being fetched: wait for that answer rather than ask again. The shield
+            # keeps this request's cancellation from cancelling the batch the others wait for.
+            try:
+                token = await asyncio.shield(under_way)
+            except Exception:
+                token = None  # that batch failed: this request asks for itself, as without prefetch
         if token is None and fetch:
             # A token just issued is used even when its lifetime is within the refresh margin
             # (or issued_at looks old through clock skew); the next request fetches a new one.
@@ -447,6 +510,19 @@ class RegistryAuth(httpx.Auth):
                 status=response.status_code, method=method, url=realm,
                 transient=response.status_code >= 500,
             )
+
+
+def finished() -> asyncio.Future[None]:
+    """A prefetch with nothing to fetch: already done."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
+async def _settled(fetches: list[asyncio.Task[_Token]]) -> None:
+    """Every batch ended; a failure is left to the requests that needed it, which fetch for
+    themselves (prefetch is best effort)."""
+    await asyncio.gather(*fetches, return_exceptions=True)
 
 
 def _realm_of(challenge: Challenge) -> tuple[str | None, str | None]:

@@ -31,7 +31,7 @@ from adapters.bounded import (
     read_capped_until,
     within,
 )
-from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth
+from adapters.distribution.auth import SCOPES_EXTENSION, RegistryAuth, finished
 from adapters.distribution.trace import RequestTrace
 from adapters.endpoint import Endpoint
 from adapters.errors import (
@@ -199,7 +199,7 @@ class DistributionClient:
             max_connections=max(max_connections, MAX_BULK_CONNECTIONS),
             max_keepalive_connections=max(max_connections, MAX_BULK_CONNECTIONS),
             keepalive_expiry=KEEPALIVE_SECONDS), transport, http2=False)
-        self._pinged = False  # asked /v2/ for the realm already (prefetch_tokens)
+        self._realm_probe: asyncio.Task[None] | None = None  # the one GET /v2/ learn_realm sends
         self.requests_made = 0
         # The quickest answer (request sent to headers back) of a request without a blob body:
         # about one round trip to the registry, which sizes how much is kept in flight.
@@ -227,6 +227,10 @@ class DistributionClient:
         return self.endpoint.host
 
     async def aclose(self) -> None:
+        if self._realm_probe is not None:
+            self._realm_probe.cancel()
+            await asyncio.gather(self._realm_probe, return_exceptions=True)
+        await self.auth.aclose()
         await self._http.aclose()
         await self._bulk.aclose()
         await self._token_http.aclose()
@@ -376,8 +380,10 @@ class DistributionClient:
         async with within(NON_BLOB_DEADLINE_SECONDS, what=f"GET {_redact(url)}"):
             with _transport_errors("GET", url):
                 started = time.monotonic()
-                response = await self._token_http.send(self._token_http.build_request("GET", url),
-                                                       stream=True)
+                # On the client the registry's requests use (auth=None: no credentials to a
+                # health check), so its connection and handshake are ready for them.
+                response = await self._http.send(self._http.build_request("GET", url), stream=True,
+                                                 auth=None, follow_redirects=False)
                 self._answered(time.monotonic() - started)
                 async with _closing(response):
                     if response.status_code not in (200, 401, 403):
@@ -391,14 +397,33 @@ class DistributionClient:
         """Bearer tokens for every repository a run will touch, a few fetches for all of them
         (RegistryAuth.prefetch), before the requests that need them. Best effort: whatever it
         could not get, each request fetches for itself as before."""
+        await (await self.start_prefetch_tokens(repositories, actions))
+
+    async def start_prefetch_tokens(self, repositories: Iterable[str], actions: str) -> asyncio.Future[None]:
+        """``prefetch_tokens``, returning once the fetches are under way (after learning the
+        realm, if need be): the requests that need a token meanwhile wait for their own batch.
+        The future is done when every batch has ended; it never fails."""
         names = list(dict.fromkeys(repositories))
-        if len(names) < PREFETCH_TOKENS_FROM:
+        if len(names) >= PREFETCH_TOKENS_FROM:
+            await self.learn_realm()
+            if self.auth.knows_realm:
+                return self.auth.start_prefetch([self._scope(name, actions) for name in names])
+        return finished()
+
+    async def learn_realm(self) -> None:
+        """Once per client, when no answer named it yet: a registry's 401 to an anonymous
+        GET /v2/ names its token service (and the request opens the connection the run's
+        requests will use). Best effort: a failure is met again by the requests themselves."""
+        if self.auth.knows_realm:
             return
+        if self._realm_probe is None:
+            self._realm_probe = asyncio.ensure_future(self._probe_realm())
+        # Shielded: one caller's cancellation leaves the probe to the others waiting on it.
+        await asyncio.shield(self._realm_probe)
+
+    async def _probe_realm(self) -> None:
         try:
-            if not self.auth.knows_realm and not self._pinged:
-                self._pinged = True
-                await self.ping()  # a registry's 401 to an anonymous GET /v2/ names its realm
-            await self.auth.prefetch([self._scope(name, actions) for name in names])
+            await self.ping()
         except ReplicationError:
             return
 

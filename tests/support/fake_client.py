@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+
+from adapters.distribution.auth import finished
 
 
 class NoRoundTrips:
@@ -12,3 +15,10 @@ class NoRoundTrips:
 
     async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
         del repositories, actions
+
+    async def start_prefetch_tokens(self, repositories: Iterable[str], actions: str) -> asyncio.Future[None]:
+        del repositories, actions
+        return finished()
+
+    async def learn_realm(self) -> None:
+        return None

@@ -231,12 +231,16 @@ class TokenService:
     def start(self) -> TokenService:
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        server = _Server(("127.0.0.1", 0), _make_handler(self))
         server.daemon_threads = True
         if self.tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.tls.cert_path, self.tls.key_path)
-            server.socket = context.wrap_socket(server.socket, server_side=True)
+            # Each connection's handshake in its own thread (Handler.setup), as a real token
+            # service does: done on accept, it would take the accepting thread a round trip per
+            # connection and answer concurrent fetches one after another behind a slow link.
+            server.socket = context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(
@@ -268,9 +272,20 @@ class TokenService:
         return f"<TokenService {self.realm} users={sorted(self.users)}>"
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's backlog of 5 drops the SYNs of a client's burst of token fetches, which
+    # then wait out TCP's one-second retransmission: no token service a registry fronts does.
+    request_queue_size = 128
+
+
 def _make_handler(svc: TokenService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.do_handshake()
+            super().setup()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -690,3 +690,66 @@ async def test_a_token_answer_that_never_ends_fails_by_the_deadline(monkeypatch:
 
     assert time.monotonic() - started < 5
     assert info.value.transient
+
+
+# -- tokens fetched ahead, batch by batch ---------------------------------------------------------
+
+
+async def test_a_request_waits_for_its_own_prefetched_batch_not_for_every_batch() -> None:
+    """A prefetch returns once its fetches are under way: a request whose repository's batch
+    has its token goes at once, one whose batch is still being fetched waits for that fetch
+    (never a fetch of its own), and the future says when every batch has ended."""
+    registry = BearerRegistry()
+    names = [f"team/app-{i}" for i in range(2 * auth_module.TOKEN_SCOPES_PER_FETCH + 1)]
+    held = [asyncio.Event() for _ in range(3)]  # one per batch of the prefetch
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            return reply(401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}",service="reg"'})
+        if request.url.host == "auth.example":
+            first_scope = request.url.params.get_list("scope")[0]
+            await held[names.index(first_scope.split(":")[1]) // auth_module.TOKEN_SCOPES_PER_FETCH].wait()
+        return registry(request)
+
+    async with DistributionClient(Endpoint(url=REGISTRY, username=USER, password=SecretStr(PASSWORD)),
+                                  transport=httpx.MockTransport(handler)) as client:
+        every_batch = await client.start_prefetch_tokens(names, "pull")
+        assert not every_batch.done()
+        held[0].set()  # the first batch's token comes back; the other two are still on their way
+        first = await asyncio.wait_for(client.list_tags(names[0]), 5)
+        assert first == ["v1"]
+        assert not every_batch.done()
+        last = asyncio.ensure_future(client.list_tags(names[-1]))  # in the third batch
+        await asyncio.sleep(0.05)
+        assert not last.done()  # waiting for its batch's token...
+        held[1].set()
+        held[2].set()
+        assert await asyncio.wait_for(last, 5) == ["v1"]
+        await asyncio.wait_for(every_batch, 5)
+        # ...rather than fetching one of its own: three fetches in all, no 401 from the registry.
+        assert len(registry.token_requests) == 3
+        assert all(status == 200 for _, status in registry.registry_log)
+
+
+async def test_a_failed_batch_leaves_its_repositories_to_their_own_fetches() -> None:
+    registry = BearerRegistry()
+    refuse_first = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal refuse_first
+        if request.url.path == "/v2/":
+            return reply(401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}",service="reg"'})
+        if request.url.host == "auth.example" and refuse_first:
+            refuse_first = False
+            return reply(503, body={"details": "busy"})
+        return registry(request)
+
+    async with DistributionClient(Endpoint(url=REGISTRY, username=USER, password=SecretStr(PASSWORD)),
+                                  transport=httpx.MockTransport(handler)) as client:
+        await client.prefetch_tokens(["team/a", "team/b"], "pull")  # best effort: no error
+        assert await client.list_tags("team/a") == ["v1"]
+        assert await client.list_tags("team/b") == ["v1"]
+        # The failed batch asked for both; then each fetched a token of its own once.
+        assert len(registry.token_requests) == 2
+        assert sorted(registry.granted.values(), key=sorted) == [{"repository:team/a:pull"},
+                                                                  {"repository:team/b:pull"}]

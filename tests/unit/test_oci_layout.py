@@ -417,7 +417,7 @@ async def test_the_layout_client_has_every_attribute_a_distribution_client_gets(
     policy into a layout fails at its end (it did once: `responses`)."""
     from adapters.distribution.client import DistributionClient
 
-    http_only = {"_http", "_bulk", "_token_http", "auth", "_origin", "_pinged"}
+    http_only = {"_http", "_bulk", "_token_http", "auth", "_origin", "_realm_probe"}
     remote = DistributionClient(Endpoint(url="http://127.0.0.1:9"))
     try:
         layout = OciLayoutClient(Endpoint(url="file:///tmp/regflow-layout-attributes"))

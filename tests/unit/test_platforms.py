@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from adapters.distribution.auth import finished
 from adapters.distribution.client import ManifestHead
 from adapters.errors import ConfigError, ContentError, NotFoundError
 from adapters.oci import DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, OCI_INDEX, OCI_MANIFEST, Digest, Manifest
@@ -299,6 +301,9 @@ class Registry:
 
     async def prefetch_tokens(self, repositories: object, actions: str) -> None:
         return None
+
+    async def start_prefetch_tokens(self, repositories: object, actions: str) -> asyncio.Future[None]:
+        return finished()
 
     async def blob_exists(self, repository: str, digest: Digest) -> int | None:
         self.calls.append(f"BLOB {digest}")
