@@ -753,3 +753,22 @@ async def test_a_failed_batch_leaves_its_repositories_to_their_own_fetches() -> 
         assert len(registry.token_requests) == 2
         assert sorted(registry.granted.values(), key=sorted) == [{"repository:team/a:pull"},
                                                                   {"repository:team/b:pull"}]
+
+
+async def test_the_realm_is_probed_once_for_callers_at_once_and_never_with_credentials() -> None:
+    registry = BearerRegistry()
+    probes: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v2/":
+            probes.append(request)
+            await asyncio.sleep(0.01)  # both callers arrive while the probe is out
+            return reply(401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}",service="reg"'})
+        return registry(request)
+
+    async with make_client(handler) as client:
+        await asyncio.gather(client.learn_realm(),
+                             client.prefetch_tokens(["team/a", "team/b"], "pull"))
+        assert len(probes) == 1 and "Authorization" not in probes[0].headers
+        assert client.auth.knows_realm
+        assert len(registry.token_requests) == 1  # the prefetch did not go ahead of the realm
