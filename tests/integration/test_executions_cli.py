@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ policies:
     speed: 8000
 """
 LAYER = 24 * 1024 * 1024  # 24 s at the policy's 8000 Kbit/s: a stop (a new process) lands mid-blob
+# CLI processes run at once by regflow_all: enough to keep two cores busy.
+CONCURRENT_CALLS = 4
+# Prefect's worker asks for due runs every 10 s by default; the deployment run here need not wait
+# that long (no scheduled policy runs in this module).
+WORKER_QUERY_SECONDS = "1"
 
 
 def regflow(server: PrefectServer, home: Path, *args: str, timeout: float = 300,
@@ -58,6 +64,14 @@ def regflow(server: PrefectServer, home: Path, *args: str, timeout: float = 300,
     env = server.env() | {"REGFLOW_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "regflow_cli.main", *args], env=env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+def regflow_all(server: PrefectServer, home: Path, *calls: tuple[str, ...],
+                ) -> list[subprocess.CompletedProcess[str]]:
+    """Independent calls at once, results in order: each process spends most of its time
+    importing, which the machine's other core can do meanwhile."""
+    with ThreadPoolExecutor(max_workers=CONCURRENT_CALLS) as pool:
+        return list(pool.map(lambda args: regflow(server, home, *args), calls))
 
 
 def started(server: PrefectServer, home: Path, *args: str) -> subprocess.Popen[str]:
@@ -116,9 +130,18 @@ async def test_retry_copies_exactly_the_two_failed_repositories_pinned_and_linke
             ("failed", "PermissionDeniedError", False)
         assert "403" in image["reason"] or "DENIED" in image["reason"] or "denied" in image["reason"]
 
+    # show, and bad input in one line: none of these changes anything, so they run at once.
+    (tmp_path / "bad.json").write_text('{"policy": "all"}')
+    shown, *refusals = regflow_all(
+        prefect_server, home,
+        ("executions", "show", first_id, "--json", "--report", str(tmp_path / "shown.json")),
+        ("executions", "show", "no-such-run"), ("executions", "retry", "no-such-run"),
+        ("executions", "stop", "no-such-run"),
+        ("executions", "retry", "--from-report", str(tmp_path / "bad.json")), ("executions", "retry"))
+    for refusal, needle in zip(refusals, ["no-such-run"] * 3 + ["bad.json", "--from-report"], strict=True):
+        one_line_exit_2(refusal, needle)
+
     # show: the tasks, each tag, and the same report from Prefect's artifact.
-    shown = regflow(prefect_server, home, "executions", "show", first_id, "--json",
-                    "--report", str(tmp_path / "shown.json"))
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert detail["execution"]["state"] == "Failed"
@@ -128,22 +151,26 @@ async def test_retry_copies_exactly_the_two_failed_repositories_pinned_and_linke
         ("app/c", "2", "failed"), ("app/d", "1", "copied")]
     assert detail["failed_images"]["images"] == report["images"]
     assert json.loads((tmp_path / "shown.json").read_text())["images"] == report["images"]
-    human = regflow(prefect_server, home, "executions", "show", run_name(detail))
+    # By name too; and logs (show has seen every task run recorded): these run at once.
+    logs_calls = (("executions", "logs", first_id, "--task", "app/b"), ("executions", "logs", first_id))
+    human, unknown_task, logs, whole = regflow_all(
+        prefect_server, home, ("executions", "show", run_name(detail)),
+        ("executions", "logs", first_id, "--task", "app/zz"), *logs_calls)
     assert human.returncode == 0 and "app/c" in human.stdout and "Failed" in human.stdout
+    one_line_exit_2(unknown_task, "app/zz")
 
     # logs: the failed task's own lines, by repository.
     deadline = time.monotonic() + 30
     while True:  # log lines reach the server in batches, after the run
-        logs = regflow(prefect_server, home, "executions", "logs", first_id, "--task", "app/b")
         assert logs.returncode == 0, logs.stderr
-        if "app/b:1 failed" in logs.stdout or time.monotonic() > deadline:
+        assert whole.returncode == 0, whole.stderr
+        if ("app/b:1 failed" in logs.stdout and "app/c:2 failed" in whole.stdout) \
+                or time.monotonic() > deadline:
             break
         await asyncio.sleep(1)
+        logs, whole = regflow_all(prefect_server, home, *logs_calls)
     assert "app/b:1 failed" in logs.stdout and "app/c" not in logs.stdout
-    whole = regflow(prefect_server, home, "executions", "logs", first_id)
     assert "app/c:2 failed" in whole.stdout and "plan: 4 repositories" in whole.stdout
-    one_line_exit_2(regflow(prefect_server, home, "executions", "logs", first_id, "--task", "app/zz"),
-                    "app/zz")
 
     # Meanwhile the source moves on: b:1 points elsewhere, a has a new tag. The retry copies
     # neither: b at the digest the first run planned, nothing of a.
@@ -171,7 +198,11 @@ async def test_retry_copies_exactly_the_two_failed_repositories_pinned_and_linke
     async with prefect_server.client() as client:
         run = await client.read_flow_run(run2["flow_run_id"])
     assert f"retry-of:{first_id}" in run.tags and run.parameters["retry_of"] == first_id
-    listed = json.loads(regflow(prefect_server, home, "executions", "all", "--json").stdout)
+    # Nothing to retry (it starts no execution, so the listing runs at the same time).
+    listed_call, nothing = regflow_all(prefect_server, home, ("executions", "all", "--json"),
+                                       ("executions", "retry", run2["flow_run_id"]))
+    assert nothing.returncode == 0 and "nothing to retry" in nothing.stderr
+    listed = json.loads(listed_call.stdout)
     assert [(r["id"], r["retry_of"]) for r in listed[:2]] == [(run2["flow_run_id"], first_id),
                                                               (first_id, None)]
 
@@ -183,17 +214,6 @@ async def test_retry_copies_exactly_the_two_failed_repositories_pinned_and_linke
     assert sorted(t["source"] for t in run3["tasks"]) == ["app/b", "app/c"]
     assert all(o["status"] == "skipped" for t in run3["tasks"] for o in t["tags"])
     assert run3["retry_of"] == first_id
-
-    # Nothing to retry; bad input in one line.
-    nothing = regflow(prefect_server, home, "executions", "retry", run2["flow_run_id"])
-    assert nothing.returncode == 0 and "nothing to retry" in nothing.stderr
-    one_line_exit_2(regflow(prefect_server, home, "executions", "show", "no-such-run"), "no-such-run")
-    one_line_exit_2(regflow(prefect_server, home, "executions", "retry", "no-such-run"), "no-such-run")
-    one_line_exit_2(regflow(prefect_server, home, "executions", "stop", "no-such-run"), "no-such-run")
-    (tmp_path / "bad.json").write_text('{"policy": "all"}')
-    one_line_exit_2(regflow(prefect_server, home, "executions", "retry", "--from-report",
-                            str(tmp_path / "bad.json")), "bad.json")
-    one_line_exit_2(regflow(prefect_server, home, "executions", "retry"), "--from-report")
 
 
 def run_name(detail: dict[str, object]) -> str:
@@ -244,8 +264,15 @@ async def test_stop_mid_blob_from_the_cli_then_retry_the_stopped_image(prefect_s
     assert (image["tag"], image["digest"], image["status"], image["transient"]) == \
         ("1", big.digest, "stopped", True)
 
-    again = regflow(prefect_server, home, "executions", "stop", run_id)
+    # The retry need not crawl: the policy loses its cap (it only made the stop land mid-blob),
+    # while the stopped execution is asked again, at the same time.
+    unthrottled = tmp_path / "unthrottled.yaml"
+    unthrottled.write_text((tmp_path / "c.yaml").read_text().replace("    speed: 8000\n", ""))
+    again, applied = regflow_all(prefect_server, home, ("executions", "stop", run_id),
+                                 ("apply", "-f", str(unthrottled), "--json"))
     assert again.returncode == 0 and "already stopped" in again.stdout
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["updated"] == ["policy slow"]
 
     retried = regflow(prefect_server, home, "executions", "retry", run_id, "--json")
     assert retried.returncode == 0, retried.stderr
@@ -271,17 +298,18 @@ async def test_a_retry_started_as_a_deployment_run_with_the_parameter_alone(pref
     run1 = json.loads(first.stdout)
     proxy.clear_rules()
     corpus.push("app/bad", ["1"], ImageKind.DOCKER, name="moved", created=9)  # the tag moves on
-    # By its name, as a UI user would paste it from the runs list.
-    first_name = run_name(json.loads(regflow(prefect_server, home, "executions", "show", run1["flow_run_id"],
-                                             "--json").stdout))
 
-    env = prefect_server.env() | {"REGFLOW_HOME": str(home)}
+    env = prefect_server.env() | {"REGFLOW_HOME": str(home),
+                                  "PREFECT_WORKER_QUERY_SECONDS": WORKER_QUERY_SECONDS}
     log = (tmp_path / "serve.log").open("wb")
     served = subprocess.Popen([sys.executable, "-m", "regflow_cli.main", "serve", "--webhook-port",
                                str(free_port())], env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
         async with prefect_server.client() as client:
+            # By its name, as a UI user would paste it from the runs list (Prefect's own name).
+            first_name = (await client.read_flow_run(run1["flow_run_id"])).name
+
             async def deployment() -> object:
                 try:
                     return await client.read_deployment_by_name("replicate/all")
