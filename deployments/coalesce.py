@@ -25,6 +25,12 @@ logger = logging.getLogger(__name__)
 # gathers such a burst into one run while delaying the copy by little next to its own length.
 COALESCE_WINDOW_SECONDS: Final = 2.0
 
+# A start that fails (Prefect's API busy, its database locked) is tried again after each of
+# these pauses: about a quarter of a minute in all, longer than the API's usual hiccups and short
+# enough that serve's shutdown, which waits for every start, does not hang on a server that is
+# gone. The start callback must be safe to repeat (serve passes an idempotency key).
+START_RETRY_SECONDS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
 # (policy name, resources, action, event id of the first event) -> started
 StartRun = Callable[[str, list[Resource], str, str], Awaitable[None]]
 _Key = tuple[str, str, str]  # (policy name, repository, action)
@@ -95,11 +101,20 @@ class Coalescer:
 
     async def _run(self, key: _Key, window: _Window) -> None:
         policy_name, repository, action = key
-        try:
-            await self._start(policy_name, list(window.resources), action, window.event_id)
-        except Exception:
-            # One failed start must not stop the others; the event's id is in the log to retry it.
-            logger.exception(
-                "starting the %s run of policy %s for %s (event %s) failed",
-                action, policy_name, repository, window.event_id,
-            )
+        for pause in (*START_RETRY_SECONDS, None):
+            try:
+                await self._start(policy_name, list(window.resources), action, window.event_id)
+                return
+            except Exception as exc:
+                if pause is None:
+                    # One failed start must not stop the others; the event's id is in the log to
+                    # retry it by hand.
+                    logger.exception(
+                        "starting the %s run of policy %s for %s (event %s) failed; not tried again",
+                        action, policy_name, repository, window.event_id,
+                    )
+                    return
+                logger.warning("starting the %s run of policy %s for %s (event %s) failed (%s: %s); "
+                               "trying again in %g s", action, policy_name, repository, window.event_id,
+                               type(exc).__name__, str(exc)[:200], pause)
+                await asyncio.sleep(pause)

@@ -96,11 +96,15 @@ class Service:
         return runs
 
     async def _start_run(self, policy: str, resources: list[Resource], action: str, event_id: str) -> None:
+        parameters = {"policy": policy, "resources": [r.model_dump(mode="json") for r in resources],
+                      "trigger": "event", "event_id": event_id,
+                      "operation": "delete" if action == "delete" else "copy"}
+        # The coalescer starts again after a failure that may have come after the run was made
+        # (an answer lost): with the same key Prefect hands back that run instead of a second.
+        key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
         await run_deployment(  # type: ignore[misc]
-            name=f"replicate/{policy}", timeout=0, tags=[f"event:{event_id}"],
-            parameters={"policy": policy, "resources": [r.model_dump(mode="json") for r in resources],
-                        "trigger": "event", "event_id": event_id,
-                        "operation": "delete" if action == "delete" else "copy"})
+            name=f"replicate/{policy}", timeout=0, tags=[f"event:{event_id}"], parameters=parameters,
+            idempotency_key=f"regflow-event-{key}")
 
     # -- loops ----------------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ from tasks.discover import Resource
 WINDOW = 0.3
 
 
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments import coalesce
+
+    monkeypatch.setattr(coalesce, "START_RETRY_SECONDS", (0.01, 0.01, 0.01))
+
+
 class Starts:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[Resource], str, str, float]] = []
@@ -190,3 +197,23 @@ def test_window_must_be_a_finite_non_negative_number(window: float) -> None:
 
 def test_default_window() -> None:
     assert COALESCE_WINDOW_SECONDS == 2.0
+
+
+async def test_a_failed_start_is_tried_again_and_a_lasting_failure_gives_up() -> None:
+    failures = {"team/app": 2, "team/down": 99}
+    attempts: list[str] = []
+
+    async def start(policy: str, resources: list[Resource], action: str, event_id: str) -> None:
+        repository = resources[0].repository
+        attempts.append(repository)
+        if failures[repository]:
+            failures[repository] -= 1
+            raise RuntimeError("database is locked")
+
+    coalescer = Coalescer(WINDOW, start)
+    await coalescer.add("mirror", "push", push("v1"), "ev-1")
+    await coalescer.add("mirror", "push", push("v1", "team/down"), "ev-2")
+    assert await coalescer.drain() == 2
+    # Two failures, then started; the other gave up after its retries, and drain did not hang.
+    assert attempts.count("team/app") == 3
+    assert attempts.count("team/down") == 4
