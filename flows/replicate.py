@@ -74,8 +74,18 @@ async def replicate(policy: str, resources: list[Resource] | None = None, trigge
     delete more than its prune_limit."""
     liveness.keep_alive()
     logger = get_run_logger()
-    loaded = load_policy(policy)
     trigger = runtime.effective_trigger(trigger)
+    store = Store()
+    if trigger == "schedule" and not store.policy(policy).enabled:
+        # Prefect's worker takes scheduled runs up to its look-ahead early, so one may start
+        # just after `regflow policy disable` paused the schedule: that occurrence is skipped
+        # (Stopped, in the policy's history), not a failure to alert on. A run started by hand
+        # is refused below, as before.
+        await runtime.label_run(policy, trigger, event_id)
+        skipped = f"policy {policy!r} was disabled before this scheduled run started"
+        return await _final(summarize(policy, Plan(repositories=[]), {}, stopped_reason=skipped),
+                            trigger, event_id)
+    loaded = load_policy(policy, store)
     pins: Pins | None = None
     if retry_of is not None or retry_report is not None:
         if resources is not None or operation != "copy":

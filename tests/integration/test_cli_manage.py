@@ -282,21 +282,29 @@ async def test_disable_pauses_the_deployment_and_enable_restores_it(
         # A run started by hand from the paused deployment (the UI's "Run") is refused, as
         # Harbor refuses a disabled policy's manual trigger.
         by_hand = await client.create_flow_run_from_deployment(nightly.id)
+        # A scheduled run the worker took ahead of its time, just before the pause (tagged as
+        # Prefect's scheduler tags its runs): skipped, as Stopped, not failed.
+        late = await client.create_flow_run_from_deployment(nightly.id, tags=["auto-scheduled"])
 
-        async def ended() -> Any:
-            run = await client.read_flow_run(by_hand.id)
-            return run if run.state is not None and run.state.is_final() else None
+        def ended(run_id: Any) -> Any:
+            async def final() -> Any:
+                run = await client.read_flow_run(run_id)
+                return run if run.state is not None and run.state.is_final() else None
+            return final
 
         # While the hand-started run goes its way, anything that would fire has time to: the
         # quiet time is longer than the scheduler's pass over recently changed deployments and
-        # than the webhook coalescing window. The run is final before the counts below, so it
-        # is not counted as queued.
-        refused, _ = await asyncio.gather(until(ended, 120, "the run started from the paused deployment"),
-                                          asyncio.sleep(QUIET_SECONDS))
+        # than the webhook coalescing window. The runs are final before the counts below, so
+        # they are not counted as queued.
+        refused, skipped, _ = await asyncio.gather(
+            until(ended(by_hand.id), 120, "the run started from the paused deployment"),
+            until(ended(late.id), 120, "the late scheduled run"), asyncio.sleep(QUIET_SECONDS))
         assert await queued(nightly.id) == 0
         assert await event_runs() == runs_before
         assert "2" not in dst_client.tags("ev/app")
         assert refused.state.is_failed() and "policy 'nightly' is disabled" in refused.state.message
+        assert skipped.state.is_cancelled(), skipped.state
+        assert "policy 'nightly' was disabled before this scheduled run started" in skipped.state.message
 
         # Enabled again, the webhook starts runs at once (serve reads the store per event); the
         # deployment follows at serve's next look at the store.
