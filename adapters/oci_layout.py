@@ -195,11 +195,8 @@ class OciLayoutClient(DistributionClient):
 
     # -- base ------------------------------------------------------------------------------
 
-    async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
-        """No tokens for a directory."""
-        del repositories, actions
-
     async def start_prefetch_tokens(self, repositories: Iterable[str], actions: str) -> asyncio.Future[None]:
+        """No tokens for a directory."""
         del repositories, actions
         return finished()
 

@@ -233,18 +233,15 @@ class RegistryAuth(httpx.Auth):
         """A registry that asked for a bearer token: prefetch can do something."""
         return self._bearer is not None and not self._basic_only
 
-    async def prefetch(self, scopes: Sequence[str]) -> None:
+    def start_prefetch(self, scopes: Sequence[str]) -> asyncio.Future[None]:
         """Tokens for many scopes in few fetches, ahead of the requests that need them: one
         fetch per TOKEN_SCOPES_PER_FETCH repositories instead of one per repository (a round
-        trip each, on the path of that repository's first request). A request whose scopes one
-        such token was asked for uses it; a registry that refuses it (the token service granted
-        less than asked) gets a token of its own, as without prefetch."""
-        await self.start_prefetch(scopes)
-
-    def start_prefetch(self, scopes: Sequence[str]) -> asyncio.Future[None]:
-        """``prefetch``, returning as soon as the fetches are under way: a request that needs
-        one of these scopes meanwhile waits for its batch's token, not for every batch. The
-        future is done when every batch is (a failed batch leaves its scopes to the requests)."""
+        trip each, on the path of that repository's first request). Returns as soon as the
+        fetches are under way: a request that needs one of these scopes meanwhile waits for its
+        batch's token, not for every batch. A request whose scopes one such token was asked for
+        uses it; a registry that refuses it (the token service granted less than asked) gets a
+        token of its own, as without prefetch. The future is done when every batch is (a failed
+        batch leaves its scopes to the requests)."""
         if not self.knows_realm:
             return finished()
         wanted = [s for s in dict.fromkeys(normalize_scope(s) for s in scopes)

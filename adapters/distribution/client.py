@@ -395,7 +395,7 @@ class DistributionClient:
 
     async def prefetch_tokens(self, repositories: Iterable[str], actions: str) -> None:
         """Bearer tokens for every repository a run will touch, a few fetches for all of them
-        (RegistryAuth.prefetch), before the requests that need them. Best effort: whatever it
+        (RegistryAuth.start_prefetch), before the requests that need them. Best effort: whatever it
         could not get, each request fetches for itself as before."""
         await (await self.start_prefetch_tokens(repositories, actions))
 
