@@ -38,7 +38,8 @@ side in one run on the same corpus. Its CPU and RSS are those of its ``regflow``
 (benchmarks/latency.py: N ms round trip, M Mbit/s per connection, a round trip per connection
 opened), so every tool pays round trips and handshakes as with remote registries; ``--tls``
 makes the registries serve https (regflow verifies each against its CA; skopeo is run with
-verification off, the handshakes are the same). The relays' own CPU is on the same machine.
+verification off, the handshakes are the same). The relays' own CPU is on the same machine
+(reported as "relays cpu").
 
 ``--smoke`` runs skopeo and regflow-server only (add ``--tools regflow-embedded,...`` for the
 embedded mode: its Prefect start would take the smoke past a minute on a loaded machine).
@@ -50,10 +51,11 @@ no-change ``replicate`` through the flow. ``--seed-cache DIR`` keeps the seeded 
 next run of the same N; ``benchmarks/scale_plot.py`` draws the growth from the results file.
 
 Measured per run: wall seconds; CPU seconds of the copier (its rusage from wait4, reaped
-children included) and of the source registry, the target registry and the Prefect server
-(/proc/PID/stat deltas); requests seen by the target and the source (access-log lines between
-two marks); peak RSS of the copier (ru_maxrss: the largest single process) and of its whole
-process tree (sum of RSS of the copier and its children, sampled every 0.25 s).
+children included) and of the source registry, the target registry, the Prefect server
+and the latency relays (/proc/PID/stat deltas); requests seen by the target and the source
+(access-log lines between two marks); peak RSS of the copier (ru_maxrss: the largest single
+process) and of its whole process tree (sum of RSS of the copier and its children, sampled
+every 0.25 s).
 """
 
 from __future__ import annotations
@@ -286,6 +288,8 @@ class Sample:
     dst_mix: dict[str, int] = field(default_factory=dict)
     src_mix: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    # The latency relays' CPU (remote runs): theirs, not the copier's, but on the same 2 cores.
+    relay_cpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,10 @@ class Bench:
     def url_of(self, registry: RegistryProcess) -> str:
         scheme = "https" if registry.tls is not None else "http"
         return f"{scheme}://{self.host_of(registry)}" if self.remote else registry.url
+
+    def relays_cpu(self) -> float:
+        """CPU seconds the live latency relays have used (0 on loopback)."""
+        return sum(tree_cpu(relay.pid) for relay, _ in self._relays.values())
 
     def drop_relay(self, registry: RegistryProcess) -> None:
         if (entry := self._relays.pop(id(registry), None)) is not None:
@@ -557,9 +565,11 @@ class Bench:
         # one under REGFLOW_HOME for regflow-embedded (it may start during the run: CPU from 0).
         server_pid = self.resident_pid() if tool == "regflow-embedded" else self.server_pid
         src0, dst0, server0 = tree_cpu(self.src.pid), tree_cpu(dst.pid), tree_cpu(server_pid)
+        relay0 = self.relays_cpu()
         load = load1()
         m = run_measured(commands, env, self.log)
         src_cpu, dst_cpu = tree_cpu(self.src.pid) - src0, tree_cpu(dst.pid) - dst0
+        relay_cpu = self.relays_cpu() - relay0
         if tool == "regflow-embedded":
             server_pid = self.resident_pid()
         server_cpu = tree_cpu(server_pid) - server0
@@ -581,11 +591,12 @@ class Bench:
         bad = len(corpus.verify(dst.url, self.seeded, self.trust(dst), self.client_auth())) if verify else 0
         sample = Sample(self.seeded.shape, tool, phase, pair, m.wall, m.cpu, m.rss_mib, m.tree_rss_mib,
                         src_cpu, dst_cpu, server_cpu, sum(dst_mix.values()), sum(src_mix.values()),
-                        bad, m.rc, load, dict(dst_mix), dict(src_mix), note)
+                        bad, m.rc, load, dict(dst_mix), dict(src_mix), note, relay_cpu)
         self.samples.append(sample)
         print(f"  pair {pair} {tool:16} {phase:7} wall={m.wall:6.2f}s cpu={m.cpu:5.2f}s "
               f"rss={m.rss_mib:5.0f}MiB tree={m.tree_rss_mib:5.0f}MiB src_cpu={src_cpu:5.2f} "
-              f"dst_cpu={dst_cpu:5.2f} server_cpu={server_cpu:5.2f} dst_req={sample.dst_requests} "
+              f"dst_cpu={dst_cpu:5.2f} server_cpu={server_cpu:5.2f} relay_cpu={relay_cpu:5.2f} "
+              f"dst_req={sample.dst_requests} "
               f"src_req={sample.src_requests} load1={load:.1f} rc={m.rc} bad_tags={bad} {note}",
               flush=True)
         if m.rc != 0 or bad:
@@ -622,8 +633,8 @@ def _cell(values: Sequence[float], fmt: str = "{:.2f}") -> str:
 
 def table(samples: list[Sample], tools: Sequence[str], phases: Sequence[str]) -> list[str]:
     lines = ["| tool | phase | wall s | copier cpu s | src reg cpu s | dst reg cpu s | prefect server cpu s "
-             "| dst requests | src requests | peak RSS MiB | tree RSS MiB | load1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| relays cpu s | dst requests | src requests | peak RSS MiB | tree RSS MiB | load1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for tool in tools:
         for phase in phases:
             ss = [s for s in samples if s.tool == tool and s.phase == phase]
@@ -634,7 +645,8 @@ def table(samples: list[Sample], tools: Sequence[str], phases: Sequence[str]) ->
                 return _cell([getattr(s, key) for s in ss], fmt)
 
             lines.append(f"| {tool} | {phase} | {col('wall')} | {col('cpu')} | {col('src_cpu')} | "
-                         f"{col('dst_cpu')} | {col('server_cpu')} | {col('dst_requests', '{:.0f}')} | "
+                         f"{col('dst_cpu')} | {col('server_cpu')} | {col('relay_cpu')} | "
+                         f"{col('dst_requests', '{:.0f}')} | "
                          f"{col('src_requests', '{:.0f}')} | {col('rss_mib', '{:.0f}')} | "
                          f"{col('tree_rss_mib', '{:.0f}')} | {col('load1', '{:.1f}')} |")
     return lines
