@@ -38,9 +38,9 @@ PLAN_CONCURRENCY = 16
 # began 0.39 s into planning, 0.22 s with this (most of it the Prefect server's slots).
 PLAN_REPOSITORIES_AT_ONCE = 8
 # Far registries: PLAN_CONCURRENCY widens with the round trip (tasks/round_trips.py) up to this;
-# HEADs cost a registry little, and over HTTP/2 they share one connection. Not higher: past it
-# the streams' bookkeeping makes the HEAD waves CPU-bound on both ends, and a wider plan was
-# slower at 40 ms (docs/performance.md, "plan width").
+# HEADs cost a registry little, and over HTTP/2 they share one connection. Not higher: with
+# about twice as many streams the HEAD waves were CPU-bound on both ends and a 40 ms resync got
+# slower, not faster (docs/performance.md, "Plan width").
 MAX_PLAN_CONCURRENCY = 64
 # A manifest the plan fetched rides along to the transfer when it is at most this big (images'
 # are 0.5-4 KiB): a full copy of 2,000 repositories x 5 tags then holds ~40 MiB of them, and a
