@@ -22,6 +22,7 @@ from adapters.errors import ReplicationError, is_transient
 from flows import runtime
 from tasks.blobs import BLOB_ATTEMPTS, BlobCopier
 from tasks.models import TransferResult, TransferSpec
+from tasks.round_trips import widened
 from tasks.stop import StopSignal
 from tasks.transfer import transfer_repository
 
@@ -29,6 +30,10 @@ from tasks.transfer import transfer_repository
 # once whatever the repositories; four lanes of up to TAG_CONCURRENCY tags keep them all busy
 # on the 2-core reference machine (six lanes were not faster).
 TRANSFER_CONCURRENCY = 4
+# Far registries: each repository waits round trips per tag (manifests, then its blobs, then the
+# manifest PUT), so more of them run at once the longer the round trip (tasks/round_trips.py), up
+# to the registries' cross-run slots, one of which every lane holds anyway.
+MAX_TRANSFER_CONCURRENCY = runtime.REGISTRY_HOST_SLOTS
 # The task level of the retry table (docs/decisions.md): a transfer whose failures are all
 # transient runs again, up to this many more times, a few seconds apart; its blobs' own attempts
 # (BLOB_ATTEMPTS) come first, inside each run of it.
@@ -107,14 +112,16 @@ def settle(result: TransferResult) -> TransferResult:
 
 
 class Lanes:
-    """Runs transfers TRANSFER_CONCURRENCY at a time, each lane holding one slot of both
-    registries' cross-run limits for its whole life: asking Prefect's server per task cost
-    ~2 s a task (measured), more than most transfers. Direct task calls in lanes, not
-    Prefect's .map of async tasks (~10x the cost per task); a lane starts with the first spec
+    """Runs transfers TRANSFER_CONCURRENCY at a time (more for far registries), each lane
+    holding one slot of both registries' cross-run limits for its whole life: asking Prefect's
+    server per task cost ~2 s a task (measured), more than most transfers. Direct task calls in
+    lanes, not Prefect's .map of async tasks (~10x the cost per task); a lane starts with the first spec
     it can take, so a run with nothing to copy starts none."""
 
     def __init__(self, run: Run, stop: StopSignal, progress: runtime.Progress) -> None:
         self.run, self.stop, self.progress = run, stop, progress
+        # Sized at the first spec, from the round trips the plan has seen by then.
+        self.width: int | None = None
         self.results: dict[str, TransferResult | BaseException] = {}
         self.begun: set[str] = set()  # repositories whose transfer task run was started
         self._waiting: asyncio.Queue[TransferSpec | None] = asyncio.Queue()
@@ -126,7 +133,10 @@ class Lanes:
             await runtime.ensure_registry_limits(self.run.source.client.host, self.run.target.client.host)
         self.progress.expect()
         self._waiting.put_nowait(spec)
-        if len(self._lanes) < TRANSFER_CONCURRENCY:
+        if self.width is None:
+            self.width = widened(TRANSFER_CONCURRENCY, MAX_TRANSFER_CONCURRENCY,
+                                 self.run.source.client, self.run.target.client)
+        if len(self._lanes) < self.width:
             self._lanes.append(asyncio.create_task(self._lane()))
 
     @property

@@ -43,7 +43,7 @@ class _State:
 class World:
     """Fakes for everything the hand-off talks to, and what each saw."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, round_trip: float | None = None) -> None:
         self.started: list[str] = []
         self.first_started = asyncio.Event()
         self.lanes = 0
@@ -56,7 +56,9 @@ class World:
         monkeypatch.setattr(runtime, "ensure_registry_limits", self._limits)
         monkeypatch.setattr(runtime, "acreate_progress_artifact", self._create)
         monkeypatch.setattr(runtime, "aupdate_progress_artifact", self._update)
-        client = SimpleNamespace(host="registry.test", endpoint=SimpleNamespace(url="http://registry.test"))
+        # round_trip: the quickest answer the plan saw (None: none yet, as before any request).
+        client = SimpleNamespace(host="registry.test", endpoint=SimpleNamespace(url="http://registry.test"),
+                                 fastest_answer=round_trip)
         self.source = SimpleNamespace(client=client)
         self.target = SimpleNamespace(client=client, info=SimpleNamespace(supports_mount=True))
 
@@ -149,6 +151,25 @@ async def test_lanes_never_exceed_the_limit_and_every_spec_is_transferred(monkey
     # Coalesced while in flight, but the last write is the whole count.
     assert world.artifacts[-1][1:] == (100.0, f"{len(names)} of {len(names)} repositories transferred")
     assert len(world.artifacts) < len(names)
+
+
+@pytest.mark.parametrize(("round_trip", "lanes"), [
+    (0.0005, transfers.TRANSFER_CONCURRENCY),  # loopback
+    (0.04, transfers.MAX_TRANSFER_CONCURRENCY),  # far: as many as the registries' slots
+])
+async def test_far_registries_get_more_lanes_up_to_the_registry_slots(monkeypatch, tmp_path, round_trip, lanes):
+    world = World(monkeypatch, tmp_path, round_trip=round_trip)
+    names = [f"r{i}" for i in range(transfers.MAX_TRANSFER_CONCURRENCY * 3)]
+
+    async def plans() -> AsyncIterator[tuple[int, PlannedRepository]]:
+        for i, name in enumerate(names):
+            yield i, planned(name)
+
+    results = (await world.run(plans(), found_of(*names), monkeypatch)).results
+
+    assert transfers.MAX_TRANSFER_CONCURRENCY == runtime.REGISTRY_HOST_SLOTS > transfers.TRANSFER_CONCURRENCY
+    assert world.lanes == lanes
+    assert set(results) == set(names)
 
 
 async def test_a_stopped_run_starts_no_more_transfers(monkeypatch, tmp_path):
