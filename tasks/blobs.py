@@ -6,8 +6,7 @@
     same registry on both sides → mount from the source repository
     otherwise a mount "from" the target repository itself: 201 = already there, 202 = the
     upload session to use (registries without mount: a HEAD first instead)
-    then stream GET → PUT, sha256 checked on the way (chunked PATCH for big blobs); into a
-    repository the plan found new, the GET goes out while the session opens
+    then stream GET → PUT, sha256 checked on the way (chunked PATCH for big blobs)
 
 One ``BlobCopier`` serves a whole run: each digest is uploaded once however many repositories
 and tags share it, and a failed upload is forgotten so a later attempt can try again.
@@ -121,10 +120,8 @@ class BlobCopier:
         self.concurrency = wanted
 
     async def ensure(self, source_repo: str, target_repo: str, blob: Descriptor, *,
-                     chunked: bool = False, fresh: bool = False) -> int:
-        """Make ``target_repo`` hold ``blob``; returns the bytes uploaded for it. ``fresh``: the
-        plan found none of the repository's tags on the target, so it most likely lacks the blob
-        too and the source's bytes are asked for while the upload session opens.
+                     chunked: bool = False) -> int:
+        """Make ``target_repo`` hold ``blob``; returns the bytes uploaded for it.
 
         One digest is placed by one caller at a time, from its first request on: two tags of
         one repository sharing a layer must not upload it twice at once, because distribution
@@ -150,7 +147,7 @@ class BlobCopier:
                 chunked = chunked or blob.size > self.chunked_threshold
                 sent = _Sent()  # over all attempts: a continued upload counts what went before
                 await self._attempts(lambda: self._place(source_repo, target_repo, blob, sent,
-                                                         chunked=chunked, fresh=fresh))
+                                                         chunked=chunked))
                 self._link(target_repo, digest)
                 self.bytes_uploaded += sent.bytes
         except BaseException as exc:
@@ -190,53 +187,23 @@ class BlobCopier:
         self.stop.check()
 
     async def _place(self, source_repo: str, target_repo: str, blob: Descriptor, sent: _Sent, *,
-                     chunked: bool, fresh: bool) -> None:
+                     chunked: bool) -> None:
         """One attempt at the blob: go on with the session an earlier attempt left open, else
         find the blob there or open a session, then upload."""
         if chunked and (status := await self._left_open(target_repo, blob.digest)) is not None:
             await self._upload_chunked(source_repo, target_repo, blob, status, sent)
             self.blobs_uploaded += 1
             return
-        if fresh and not chunked and self._mount_source(source_repo, target_repo, blob.digest) is None:
-            uploaded = await self._upload_while_opening(source_repo, target_repo, blob)
-        else:
-            uploaded = await self._open_then_upload(source_repo, target_repo, blob, sent, chunked=chunked)
-        if not uploaded:
-            self.blobs_mounted += 1  # mounted, or there already
-            return
-        if not chunked:
-            sent.bytes += blob.size
-        self.blobs_uploaded += 1
-
-    async def _open_then_upload(self, source_repo: str, target_repo: str, blob: Descriptor, sent: _Sent,
-                                *, chunked: bool) -> bool:
-        """Mount or open a session, and only then read the source: False when no bytes were
-        needed."""
         location = await self._open(source_repo, target_repo, blob.digest)
         if location is None:
-            return False
+            self.blobs_mounted += 1
+            return  # already there
         if chunked:
             await self._upload_chunked(source_repo, target_repo, blob, UploadStatus(location, 0), sent)
         else:
-            async with self.source.open_blob(source_repo, blob.digest) as stream:
-                await self._put(stream.chunks(), target_repo, blob, location)
-        return True
-
-    async def _upload_while_opening(self, source_repo: str, target_repo: str, blob: Descriptor) -> bool:
-        """Open the session and the source's stream at once: a blob then waits two round trips
-        (GET beside POST, then PUT) instead of three. False when the target had the blob after
-        all; its stream is then closed unread, which costs that connection (HTTP/1.1) or one
-        stream (HTTP/2), hence only where the plan expects the blob to be missing."""
-        opening = asyncio.ensure_future(self._open(source_repo, target_repo, blob.digest))
-        try:
-            async with self.source.open_blob(source_repo, blob.digest) as stream:
-                location = await opening
-                if location is None:
-                    return False
-                await self._put(stream.chunks(), target_repo, blob, location)
-                return True
-        finally:
-            await _settled(opening)
+            await self._upload_monolithic(source_repo, target_repo, blob, location)
+            sent.bytes += blob.size
+        self.blobs_uploaded += 1
 
     async def _left_open(self, target_repo: str, digest: Digest) -> UploadStatus | None:
         """Where a session an earlier attempt (of any run) left open stands, if it still exists."""
@@ -256,7 +223,9 @@ class BlobCopier:
     async def _open(self, source_repo: str, target_repo: str, digest: Digest) -> str | None:
         """A new upload session's location, or None when ``target_repo`` holds the blob already
         (or has just mounted it)."""
-        mount_from = self._mount_source(source_repo, target_repo, digest)
+        mount_from = self._home.get(digest)
+        if mount_from is None and self.source.host == self.target.host and source_repo != target_repo:
+            mount_from = source_repo  # same registry: a server-side link, no bytes moved
         if mount_from is None and self.mount_probe:
             # Mounting from the target repository itself answers 201 when it already holds the
             # blob and otherwise opens the upload we need: one request instead of HEAD + POST.
@@ -269,13 +238,6 @@ class BlobCopier:
         assert location is not None  # start_upload without mount always opens a session
         return location
 
-    def _mount_source(self, source_repo: str, target_repo: str, digest: Digest) -> str | None:
-        """A repository of the target that a mount of ``digest`` will most likely succeed from."""
-        home = self._home.get(digest)
-        if home is None and self.source.host == self.target.host and source_repo != target_repo:
-            home = source_repo  # same registry: a server-side link, no bytes moved
-        return home
-
     def _link(self, target_repo: str, digest: Digest) -> None:
         self._linked.add((target_repo, digest))
         self._home.setdefault(digest, target_repo)
@@ -284,10 +246,12 @@ class BlobCopier:
         self._hashed.pop((target_repo, digest), None)
         await self._sessions.drop(target_repo, digest)
 
-    async def _put(self, chunks: AsyncIterator[bytes], target_repo: str, blob: Descriptor,
-                   location: str) -> None:
-        body = _verified(chunks, DigestVerifier(blob.digest), self.stop, self.bandwidth, blob.size)
-        await self.target.put_blob(target_repo, location, blob.digest, blob.size, body)
+    async def _upload_monolithic(self, source_repo: str, target_repo: str, blob: Descriptor,
+                                 location: str) -> None:
+        async with self.source.open_blob(source_repo, blob.digest) as stream:
+            body = _verified(stream.chunks(), DigestVerifier(blob.digest), self.stop, self.bandwidth,
+                             blob.size)
+            await self.target.put_blob(target_repo, location, blob.digest, blob.size, body)
 
     async def _upload_chunked(self, source_repo: str, target_repo: str, blob: Descriptor,
                               at: UploadStatus, sent: _Sent) -> None:
@@ -363,16 +327,6 @@ class _Reader:
             hasher.update(piece)
             length -= len(piece)
             yield piece
-
-
-async def _settled(task: asyncio.Future[T]) -> None:
-    """Wait for ``task`` to end, cancelling it if it still runs. Its outcome is no longer wanted
-    (the caller raised or returned), only retrieved so that asyncio does not report it."""
-    if not task.done():
-        task.cancel()
-        await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()
 
 
 async def _verified(chunks: AsyncIterator[bytes], verifier: DigestVerifier, stop: StopSignal,

@@ -186,8 +186,7 @@ class _RepositoryCopy:
         if manifest.is_index:
             return await _all(self._copy_child(c, depth + 1) for c in manifest.children)
         wanted = [b for b in manifest.blobs if not is_foreign_layer(b.media_type)]
-        return await _all(self.blobs.ensure(self.src_repo, self.dst_repo, b, chunked=self.spec.copy_by_chunk,
-                                            fresh=self.spec.new_on_target)
+        return await _all(self.blobs.ensure(self.src_repo, self.dst_repo, b, chunked=self.spec.copy_by_chunk)
                           for b in wanted)
 
     async def _copy_child(self, child: Descriptor, depth: int, selection: Selection | None = None) -> int:
