@@ -10,6 +10,7 @@ left open are rows of the shared store, so the next attempt continues them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from prefect import flow, get_run_logger
@@ -56,9 +57,11 @@ async def replicate_part(policy: str, specs: list[TransferSpec], execution: str,
     store = Store()
     try:
         async with runtime.watch_cancellation(stop, execution), open_adapters(loaded) as (source, target):
-            # The execution's tokens stayed in its process: this part's, in a few fetches too.
-            await source.client.prefetch_tokens([s.source_repository for s in specs], "pull")
-            await target.client.prefetch_tokens([s.target_repository for s in specs], "pull,push")
+            # The execution's tokens stayed in its process: this part's, in a few fetches too,
+            # both registries' at once (neither fails: what they miss, requests fetch).
+            await asyncio.gather(
+                source.client.prefetch_tokens([s.source_repository for s in specs], "pull"),
+                target.client.prefetch_tokens([s.target_repository for s in specs], "pull,push"))
             blobs = BlobCopier(source.client, target.client, stop=stop, bandwidth=Bandwidth(speed, stop),
                                mount_probe=target.info.supports_mount,
                                sessions=UploadSessions(target.client.endpoint.url, store))
