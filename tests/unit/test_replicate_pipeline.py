@@ -43,7 +43,8 @@ class _State:
 class World:
     """Fakes for everything the hand-off talks to, and what each saw."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, round_trip: float | None = None) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                 round_trip: float | None = None) -> None:
         self.started: list[str] = []
         self.first_started = asyncio.Event()
         self.lanes = 0
@@ -157,7 +158,8 @@ async def test_lanes_never_exceed_the_limit_and_every_spec_is_transferred(monkey
     (0.0005, transfers.TRANSFER_CONCURRENCY),  # loopback
     (0.04, transfers.MAX_TRANSFER_CONCURRENCY),  # far: as many as the registries' slots
 ])
-async def test_far_registries_get_more_lanes_up_to_the_registry_slots(monkeypatch, tmp_path, round_trip, lanes):
+async def test_far_registries_get_more_lanes_up_to_the_registry_slots(monkeypatch, tmp_path, round_trip,
+                                                                      lanes):
     world = World(monkeypatch, tmp_path, round_trip=round_trip)
     names = [f"r{i}" for i in range(transfers.MAX_TRANSFER_CONCURRENCY * 3)]
 
