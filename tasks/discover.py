@@ -42,12 +42,16 @@ from policies.filters import (
 from policies.models import Latest, Policy
 from policies.versions import newest_by_time, newest_by_version
 from tasks.created import CREATED_CONCURRENCY, created_times
+from tasks.round_trips import widened
 
 logger = logging.getLogger(__name__)
 
 # Tag listings in flight at once: one request each, cheap for the registry, and 8 keeps a
 # 2,000-repository catalog to seconds without flooding a small registry.
 LIST_CONCURRENCY = 16
+# Far registries: the listings go in waves of LIST_CONCURRENCY, a round trip each, before the plan
+# can start, so more go at once the longer the source's round trip (tasks/round_trips.py).
+MAX_LIST_CONCURRENCY = 64
 
 
 class Resource(BaseModel):
@@ -92,7 +96,7 @@ async def discover(source: Adapter, policy: Policy, only: Sequence[Resource] | N
     if policy.untagged and lister is None:
         logger.info("policy %s: %r cannot list untagged artifacts (an artifacts API such as "
                     "Harbor's can), so untagged: true copies none from it", policy.name, source)
-    slots = asyncio.Semaphore(LIST_CONCURRENCY)
+    slots = asyncio.Semaphore(widened(LIST_CONCURRENCY, MAX_LIST_CONCURRENCY, source.client))
     reads = asyncio.Semaphore(CREATED_CONCURRENCY)
     latest = policy.latest
 
