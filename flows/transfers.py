@@ -115,13 +115,13 @@ class Lanes:
     """Runs transfers TRANSFER_CONCURRENCY at a time (more for far registries), each lane
     holding one slot of both registries' cross-run limits for its whole life: asking Prefect's
     server per task cost ~2 s a task (measured), more than most transfers. Direct task calls in
-    lanes, not Prefect's .map of async tasks (~10x the cost per task); a lane starts with the first spec
-    it can take, so a run with nothing to copy starts none."""
+    lanes, not Prefect's .map of async tasks (~10x the cost per task); a lane starts with the
+    first spec it can take, so a run with nothing to copy starts none."""
 
     def __init__(self, run: Run, stop: StopSignal, progress: runtime.Progress) -> None:
         self.run, self.stop, self.progress = run, stop, progress
         # Sized at the first spec, from the round trips the plan has seen by then.
-        self.width: int | None = None
+        self._width: int | None = None
         self.results: dict[str, TransferResult | BaseException] = {}
         self.begun: set[str] = set()  # repositories whose transfer task run was started
         self._waiting: asyncio.Queue[TransferSpec | None] = asyncio.Queue()
@@ -133,10 +133,10 @@ class Lanes:
             await runtime.ensure_registry_limits(self.run.source.client.host, self.run.target.client.host)
         self.progress.expect()
         self._waiting.put_nowait(spec)
-        if self.width is None:
-            self.width = widened(TRANSFER_CONCURRENCY, MAX_TRANSFER_CONCURRENCY,
+        if self._width is None:
+            self._width = widened(TRANSFER_CONCURRENCY, MAX_TRANSFER_CONCURRENCY,
                                  self.run.source.client, self.run.target.client)
-        if len(self._lanes) < self.width:
+        if len(self._lanes) < self._width:
             self._lanes.append(asyncio.create_task(self._lane()))
 
     @property

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from adapters.distribution.auth import finished
 from policies.models import Policy
 from tasks.blobs import BLOB_CONCURRENCY, MAX_BLOB_CONCURRENCY, BlobCopier
 from tasks.discover import LIST_CONCURRENCY, MAX_LIST_CONCURRENCY, discover
@@ -58,9 +59,7 @@ class _ListingSource:
         self.in_flight = self.peak = 0
 
     async def _no_tokens(self, repositories: object, actions: str) -> asyncio.Future[None]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+        return finished()
 
     async def list_repositories(self, names: object = None) -> AsyncIterator[str]:
         for name in self.names:
