@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from adapters.errors import ConfigError, ReplicationError
+from regflow_cli import heap
 
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -49,6 +50,7 @@ def store() -> Any:
 def run_or_fail(job: Coroutine[Any, Any, Any], what: str) -> Any:
     """Run ``job``; bad input is exit 2 (user_errors), any other failure of the engine one line
     ``WHAT: Class: message`` and exit 1."""
+    heap.started()
     with user_errors():
         try:
             return asyncio.run(job)

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from adapters.errors import ConfigError
-from regflow_cli import failures
+from regflow_cli import failures, heap
 from regflow_cli import prune as _prune  # noqa: F401  (registers `executions prune`)
 from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, run_or_fail, user_errors
 from regflow_cli.common import store as _store
@@ -99,6 +99,7 @@ def _run_flow(policy: str, quiet: bool, *, report: Path | None = None,
     from flows.replicate import replicate as replicate_flow
     from tasks.report import FailedImagesReport, write_report_file
     from tasks.summary import Execution
+    heap.started()
     failures.quiet_console_tracebacks()
     if report is not None and not report.parent.is_dir():
         fail(f"--report {report}: no directory {report.parent}")
@@ -146,6 +147,7 @@ def _dry_run(loaded: Any, as_json: bool, *, force: bool = False) -> None:
                 if loaded.policy.prune else None
             return planned, pruned
 
+    heap.started()
     with user_errors():
         result, pruned = asyncio.run(plan())
     if as_json:
@@ -317,6 +319,7 @@ def serve(
         err.print(f"Prefect UI: {url} (log in with the contents of "
                   f"{embedded.prefect_home() / AUTH_FILE})", highlight=False)
     from deployments.serve import Service  # prefect reads PREFECT_API_URL on import
+    heap.started()
     asyncio.run(Service(http_host, http_port, worker_limit=worker_limit).run())
 
 
@@ -331,6 +334,7 @@ def _options(debug: Annotated[bool, typer.Option(
 def main(argv: list[str] | None = None, *, entry: Callable[..., Any] = app) -> None:
     """The console script: an expected failure (registry unreachable or refusing, TLS, auth,
     an HTTP error, bad input) is one line and exit 1 or 2, in every command."""
+    heap.starting()
     try:
         entry(args=argv if argv is not None else sys.argv[1:])
     except Exception as exc:
