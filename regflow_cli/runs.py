@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from regflow_cli import heap
 from regflow_cli.common import EXIT_FAILED, EXIT_OK, err, fail, out, user_errors
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def _prefect() -> None:
 
 def _read(job: Any) -> Any:
     """Runs a reader of flows/history.py: an unknown execution is one line and exit 2."""
+    heap.started()
     with user_errors():
         return asyncio.run(job)
 
@@ -63,6 +65,7 @@ def list_executions(
     """Past executions (Prefect flow runs) with their tasks."""
     _prefect()
     from flows.history import list_executions as listed
+    heap.started()
     records = asyncio.run(listed(policy, limit))
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
