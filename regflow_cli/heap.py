@@ -2,11 +2,11 @@
 
 A command that runs an execution imports Prefect, pydantic's schemas and SQLAlchemy: several
 hundred thousand objects that live as long as the process. With the default thresholds the
-collector runs its full pass over that growing heap again and again while it is built, then
-on every later full pass and once more at exit, about a fifth of a no-change resync's CPU
-(docs/performance.md, issue 15). So the young generation is collected less often while the
-command starts, and what start-up built is moved out of the collector's sight
-(``gc.freeze``) once the command's modules are in: it is never garbage before the process ends.
+collector walks that growing heap again and again while it is built, then on every later full
+pass and once more at exit (measured in docs/performance.md, issue 15). So the young generation
+is collected less often while the command starts, and what start-up built is moved out of the
+collector's sight (``gc.freeze``) once the command's modules are in: it is never garbage before
+the process ends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import gc
 
 # Allocations between two collections of the young generation while a command starts (Python's
 # default is 700). Not off: a command that never reaches `started()` still collects its cycles,
-# one pass per this many allocations, a few megabytes of young objects at most.
+# one pass per this many allocations, so its garbage stays bounded.
 START_UP_THRESHOLD = 100_000
 
 _defaults: tuple[int, int, int] | None = None
