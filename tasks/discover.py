@@ -46,8 +46,8 @@ from tasks.round_trips import widened
 
 logger = logging.getLogger(__name__)
 
-# Tag listings in flight at once: one request each, cheap for the registry, and 8 keeps a
-# 2,000-repository catalog to seconds without flooding a small registry.
+# Tag listings in flight at once: one request each, cheap for the registry; enough to list a
+# 2,000-repository catalog in seconds without flooding a small registry.
 LIST_CONCURRENCY = 16
 # Far registries: the listings go in waves of LIST_CONCURRENCY, a round trip each, before the plan
 # can start, so more go at once the longer the source's round trip (tasks/round_trips.py).
